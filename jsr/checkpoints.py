@@ -1,0 +1,107 @@
+"""Saving and loading model weights with Orbax, in one layout shared by converted and trained models.
+
+A model directory holds ``jsr_model.json`` (the model kind and its constructor arguments) and ``variables/``
+(an Orbax checkpoint of ``{"params": ..., "batch_stats": ...}``). Directories are written under a temporary
+name and renamed into place, so a crash never leaves a half-written model behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from jsr.models import MODEL_KINDS
+
+MODEL_FILE = "jsr_model.json"
+VARIABLES_DIR = "variables"
+FORMAT_VERSION = 1
+
+
+class ModelFileError(Exception):
+    """A model directory is missing, incomplete or inconsistent."""
+
+
+def build_model(kind: str, config: dict[str, Any]) -> nn.Module:
+    """The Flax module of ``kind`` with constructor arguments ``config``."""
+    if kind not in MODEL_KINDS:
+        raise ModelFileError(f"unknown model kind {kind!r}; expected one of {sorted(MODEL_KINDS)}")
+    try:
+        return MODEL_KINDS[kind](**config)
+    except TypeError as e:
+        raise ModelFileError(f"bad constructor arguments for {kind}: {config} ({e})") from e
+
+
+def count_params(variables: dict) -> int:
+    return int(sum(np.size(x) for x in jax.tree.leaves(variables.get("params", {}))))
+
+
+def save_model(directory: str | os.PathLike, kind: str, config: dict[str, Any], variables: dict,
+               metadata: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
+    """Write ``variables`` of a ``kind`` model to ``directory`` atomically; returns the directory."""
+    directory = Path(directory).absolute()
+    if directory.exists() and any(directory.iterdir()) and not overwrite:
+        raise ModelFileError(f"{directory} exists and is not empty; choose another output or allow overwriting")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=directory.parent))
+    try:
+        variables = jax.tree.map(np.asarray, variables)
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(staging / VARIABLES_DIR, variables)
+            checkpointer.wait_until_finished()
+        description = {
+            "format": FORMAT_VERSION,
+            "kind": kind,
+            "config": config,
+            "num_params": count_params(variables),
+            **(metadata or {}),
+        }
+        (staging / MODEL_FILE).write_text(json.dumps(description, indent=2) + "\n")
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return directory
+
+
+def read_description(directory: str | os.PathLike) -> dict[str, Any]:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ModelFileError(f"model directory {directory} does not exist")
+    path = directory / MODEL_FILE
+    if not path.is_file():
+        raise ModelFileError(
+            f"{directory} is not a jsr model directory (no {MODEL_FILE}); convert PyTorch weights with "
+            "`python tools/convert_torch_weights.py` or point at a training workdir"
+        )
+    try:
+        description = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelFileError(f"{path} is not valid JSON: {e}") from e
+    for key in ("kind", "config"):
+        if key not in description:
+            raise ModelFileError(f"{path} has no {key!r} field")
+    return description
+
+
+def load_model(directory: str | os.PathLike) -> tuple[nn.Module, dict]:
+    """``(module, variables)`` such that ``module.apply(variables, x_nhwc)`` runs the saved network (eval mode)."""
+    directory = Path(directory).absolute()
+    description = read_description(directory)
+    module = build_model(description["kind"], description["config"])
+    variables_path = directory / VARIABLES_DIR
+    if not variables_path.is_dir():
+        raise ModelFileError(f"{directory} has no {VARIABLES_DIR}/ checkpoint")
+    with ocp.StandardCheckpointer() as checkpointer:
+        variables = checkpointer.restore(variables_path)
+    return module, jax.tree.map(np.asarray, variables)

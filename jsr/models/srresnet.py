@@ -1,0 +1,144 @@
+"""SRResNet generator in the layout of SRGAN-PyTorch's released weights (NHWC, images in [-1, 1]).
+
+Layer names mirror the PyTorch attribute names (conv01, body_i, conv02, tail_j, last_conv) so that
+parameter-path patterns such as ``tail`` / ``last_conv`` mean the same thing in both worlds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+# PyTorch BatchNorm2d defaults (running-stat momentum 0.1 == Flax momentum 0.9).
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+PRELU_INIT = 0.25
+# SRGAN-PyTorch initialises every conv weight from N(0, 0.02) and every bias at zero.
+CONV_INIT = nn.initializers.normal(stddev=0.02)
+
+
+def pixel_shuffle(x: jnp.ndarray, r: int) -> jnp.ndarray:
+    """PyTorch's PixelShuffle in NHWC: out[h*r+i, w*r+j, c] = in[h, w, c*r*r + i*r + j].
+
+    This is NOT ``depth_to_space``'s channel order; using PyTorch's keeps released weights valid as-is.
+    """
+    n, h, w, crr = x.shape
+    c = crr // (r * r)
+    x = x.reshape(n, h, w, c, r, r)
+    x = x.transpose(0, 1, 4, 2, 5, 3)  # n, h, i, w, j, c
+    return x.reshape(n, h * r, w * r, c)
+
+
+def upsample_factors(scale: int) -> tuple[int, ...]:
+    """The source's rule: x4 is two x2 stages; any other scale is a single PixelShuffle(scale)."""
+    if scale < 2:
+        raise ValueError(f"scale must be >= 2, got {scale}")
+    return (2, 2) if scale == 4 else (scale,)
+
+
+class _MaskedConv(nn.Module):
+    """A same-padded conv whose input is zeroed outside ``mask`` first.
+
+    Zeroing the input of every conv makes a zero-padded canvas compute exactly what the network computes on
+    the valid region alone (conv zero padding == zeros on the canvas). This is what lets tiles and batches of
+    differently sized images share one compiled shape without changing a single output pixel.
+    """
+
+    features: int
+    kernel: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, mask=None):
+        if mask is not None:
+            x = x * mask.astype(x.dtype)
+        pad = self.kernel // 2
+        return nn.Conv(
+            self.features,
+            (self.kernel, self.kernel),
+            padding=((pad, pad), (pad, pad)),
+            kernel_init=CONV_INIT,
+            dtype=self.dtype,
+            name="conv",
+        )(x)
+
+
+class ResidualBlock(nn.Module):
+    """[conv, BN, PReLU, conv, BN] + identity; no activation after the add (as in the source)."""
+
+    n_feats: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool, mask=None):
+        bn = dict(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=self.dtype)
+        y = _MaskedConv(self.n_feats, 3, self.dtype, name="conv1")(x, mask)
+        y = nn.BatchNorm(name="bn1", **bn)(y)
+        y = nn.PReLU(negative_slope_init=PRELU_INIT, name="prelu")(y)
+        y = _MaskedConv(self.n_feats, 3, self.dtype, name="conv2")(y, mask)
+        y = nn.BatchNorm(name="bn2", **bn)(y)
+        return x + y
+
+
+class Generator(nn.Module):
+    """SRResNet / SRGAN generator.
+
+    Attributes:
+      n_feats: channels of the body.
+      num_blocks: residual blocks.
+      scale: upscaling factor (2, 3, 4, 8, ...).
+      channels: image channels (3 for the released weights).
+      dtype: compute dtype (parameters stay float32).
+
+    ``__call__(x, train=False, return_features=False, valid_mask=None)`` takes NHWC images in [-1, 1] and
+    returns the SR image in [-1, 1] (tanh), plus the LR-resolution feature map (after the global skip) when
+    ``return_features``. ``valid_mask`` (N, H, W, 1) marks real pixels of a zero-padded canvas: the valid region
+    of the output then equals running the network on the unpadded image.
+    """
+
+    n_feats: int = 64
+    num_blocks: int = 16
+    scale: int = 4
+    channels: int = 3
+    dtype: Any = jnp.float32
+
+    @property
+    def receptive_radius(self) -> int:
+        """LR pixels of context one output pixel depends on, in each direction (an upper bound).
+
+        conv01 (9x9) reaches 4, each residual block 2, conv02 1; every conv at or above LR resolution (one per
+        upsampler, then last_conv) reaches at most one more LR pixel once the HR grid is aligned to LR pixels.
+        """
+        return 4 + 2 * self.num_blocks + 1 + len(upsample_factors(self.scale)) + 1
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, return_features: bool = False, valid_mask=None):
+        if x.ndim != 4 or x.shape[-1] != self.channels:
+            raise ValueError(f"Generator expects NHWC images with {self.channels} channels, got shape {x.shape}")
+        mask = valid_mask
+        prelu = dict(negative_slope_init=PRELU_INIT)
+        x = x.astype(self.dtype)
+        x = _MaskedConv(self.n_feats, 9, self.dtype, name="conv01")(x, mask)
+        x = nn.PReLU(name="conv01_prelu", **prelu)(x)
+        skip = x
+        for i in range(self.num_blocks):
+            x = ResidualBlock(self.n_feats, self.dtype, name=f"body_{i}")(x, train, mask)
+        x = _MaskedConv(self.n_feats, 3, self.dtype, name="conv02")(x, mask)
+        x = nn.BatchNorm(
+            use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=self.dtype, name="conv02_bn"
+        )(x)
+        features = x + skip
+        x = features
+        for j, r in enumerate(upsample_factors(self.scale)):
+            x = _MaskedConv(self.n_feats * r * r, 3, self.dtype, name=f"tail_{j}")(x, mask)
+            x = pixel_shuffle(x, r)
+            x = nn.PReLU(name=f"tail_{j}_prelu", **prelu)(x)
+            if mask is not None:
+                mask = jnp.repeat(jnp.repeat(mask, r, axis=1), r, axis=2)
+        x = _MaskedConv(self.channels, 3, self.dtype, name="last_conv")(x, mask)
+        sr = jnp.tanh(x).astype(jnp.float32)
+        if return_features:
+            return sr, features.astype(jnp.float32)
+        return sr

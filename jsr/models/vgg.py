@@ -1,0 +1,61 @@
+"""VGG19 feature extractor in torchvision's layout, for perceptual losses and metrics.
+
+Takes images in [-1, 1] (the generator's range), maps them to [0, 1] and applies the ImageNet
+normalisation itself. Features are taken AFTER the ReLU, as SRGAN defines VGG22 / VGG54.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# torchvision cfg "E": convs per block, channels per block; a 2x2 max pool follows every block.
+VGG19_BLOCKS = ((2, 64), (2, 128), (4, 256), (4, 512), (4, 512))
+VGG19_TAPS = tuple(f"relu{b + 1}_{i + 1}" for b, (n, _) in enumerate(VGG19_BLOCKS) for i in range(n))
+
+
+def torchvision_index(tap: str) -> int:
+    """Index in torchvision's ``features`` Sequential of the conv feeding ``tap`` (relu index = this + 1)."""
+    index = 0
+    for b, (n, _) in enumerate(VGG19_BLOCKS):
+        for i in range(n):
+            if tap == f"relu{b + 1}_{i + 1}":
+                return index
+            index += 2  # conv, relu
+        index += 1  # max pool
+    raise KeyError(tap)
+
+
+class VGG19Features(nn.Module):
+    """``__call__(x, taps=("relu2_2", "relu5_4"))`` -> {tap: NHWC features}; stops after the deepest tap."""
+
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, taps: Sequence[str] = ("relu2_2", "relu5_4")) -> dict[str, jnp.ndarray]:
+        unknown = [t for t in taps if t not in VGG19_TAPS]
+        if unknown:
+            raise ValueError(f"unknown VGG19 taps {unknown}; choose from {list(VGG19_TAPS)}")
+        last = max(VGG19_TAPS.index(t) for t in taps)
+        x = (x.astype(jnp.float32) + 1.0) / 2.0
+        x = (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
+        x = x.astype(self.dtype)
+        out = {}
+        k = 0
+        for b, (n, features) in enumerate(VGG19_BLOCKS):
+            if b > 0:
+                x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+            for i in range(n):
+                name = f"conv{b + 1}_{i + 1}"
+                x = nn.relu(nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, name=name)(x))
+                tap = f"relu{b + 1}_{i + 1}"
+                if tap in taps:
+                    out[tap] = x.astype(jnp.float32)
+                if k == last:
+                    return out
+                k += 1
+        return out
