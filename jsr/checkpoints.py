@@ -44,8 +44,14 @@ def count_params(variables: dict) -> int:
     return int(sum(np.size(x) for x in jax.tree.leaves(variables.get("params", {}))))
 
 
-def save_model(directory: str | os.PathLike, kind: str, config: dict[str, Any], variables: dict,
-               metadata: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
+def save_model(
+    directory: str | os.PathLike,
+    kind: str,
+    config: dict[str, Any],
+    variables: dict,
+    metadata: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write ``variables`` of a ``kind`` model to ``directory`` atomically; returns the directory."""
     directory = Path(directory).absolute()
     if directory.exists() and any(directory.iterdir()) and not overwrite:

@@ -95,7 +95,9 @@ def _is_tensor(value: Any) -> bool:
 
 def _unwrap(obj: Any, path: Path) -> dict[str, np.ndarray]:
     if not isinstance(obj, Mapping):
-        raise ConversionError(f"{path}: expected a state_dict (a mapping of names to tensors), got {type(obj).__name__}")
+        raise ConversionError(
+            f"{path}: expected a state_dict (a mapping of names to tensors), got {type(obj).__name__}"
+        )
     for key in WRAPPER_KEYS:
         if key in obj and isinstance(obj[key], Mapping) and not _is_tensor(obj[key]):
             obj = obj[key]
@@ -111,7 +113,7 @@ def _unwrap(obj: Any, path: Path) -> dict[str, np.ndarray]:
     if not state:
         raise ConversionError(f"{path}: the checkpoint holds no tensors")
     if all(k.startswith("module.") for k in state):  # saved from DataParallel / DDP
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return state
 
 
@@ -154,11 +156,13 @@ def _prelu(torch_key: str, flax_path: tuple[str, ...]) -> dict[str, Target]:
     return {torch_key: Target("params", (*flax_path, "negative_slope"), (1,), lambda a: a.reshape(()))}
 
 
-def _linear(torch_prefix: str, flax_name: str, fin: int, fout: int,
-            transform: Callable[[np.ndarray], np.ndarray] = np.transpose) -> dict[str, Target]:
+def _linear(
+    torch_prefix: str, flax_name: str, fin: int, fout: int, transform: Callable[[np.ndarray], np.ndarray] = np.transpose
+) -> dict[str, Target]:
     return {
-        f"{torch_prefix}.weight": Target("params", (flax_name, "kernel"), (fout, fin),
-                                         lambda a: np.ascontiguousarray(transform(a))),
+        f"{torch_prefix}.weight": Target(
+            "params", (flax_name, "kernel"), (fout, fin), lambda a: np.ascontiguousarray(transform(a))
+        ),
         f"{torch_prefix}.bias": Target("params", (flax_name, "bias"), (fout,)),
     }
 
@@ -257,7 +261,9 @@ def infer_config(kind: str, state: Mapping[str, np.ndarray], path: Path) -> dict
         n_feats, channels = int(first.shape[0]), int(first.shape[1])
         blocks = {int(m.group(1)) for k in state if (m := re.match(r"body\.(\d+)\.", k))}
         num_blocks = max(blocks) + 1 if blocks else 0
-        tails = sorted({int(m.group(1)) for k in state if (m := re.match(r"tail\.(\d+)\.body\.0\.body\.0\.weight$", k))})
+        tails = sorted(
+            {int(m.group(1)) for k in state if (m := re.match(r"tail\.(\d+)\.body\.0\.body\.0\.weight$", k))}
+        )
         if not tails:
             raise ConversionError(f"{path}: missing key 'tail.0.body.0.body.0.weight' (the upsampler)")
         outs = [int(state[f"tail.{j}.body.0.body.0.weight"].shape[0]) for j in tails]
@@ -268,8 +274,9 @@ def infer_config(kind: str, state: Mapping[str, np.ndarray], path: Path) -> dict
             if scale == 4 or scale < 2:
                 raise ConversionError(f"{path}: one upsampler of x{scale} is not the SRGAN-PyTorch layout")
         else:
-            shapes = {f"tail.{j}.body.0.body.0.weight": tuple(state[f"tail.{j}.body.0.body.0.weight"].shape)
-                      for j in tails}
+            shapes = {
+                f"tail.{j}.body.0.body.0.weight": tuple(state[f"tail.{j}.body.0.body.0.weight"].shape) for j in tails
+            }
             raise ConversionError(f"{path}: cannot infer the scale from the upsamplers {shapes} (n_feats={n_feats})")
         return {"n_feats": n_feats, "num_blocks": num_blocks, "scale": scale, "channels": channels}
     if kind == "discriminator":
@@ -285,7 +292,9 @@ def infer_config(kind: str, state: Mapping[str, np.ndarray], path: Path) -> dict
                 f"(patch/16)^2 * {8 * n_feats} for any patch size"
             )
         if int(first.shape[1]) != 3:
-            raise ConversionError(f"{path}: 'conv01.body.0.weight' expects {first.shape[1]} channels; only 3 are supported")
+            raise ConversionError(
+                f"{path}: 'conv01.body.0.weight' expects {first.shape[1]} channels; only 3 are supported"
+            )
         return {"patch_size": 16 * side, "n_feats": n_feats}
     if kind == "vgg19":
         _require(state, "features.0.weight", 4, kind, path)
@@ -311,8 +320,9 @@ def _set(tree: dict, path: tuple[str, ...], value: np.ndarray) -> None:
     tree[path[-1]] = value
 
 
-def convert_state_dict(kind: str, state: Mapping[str, np.ndarray], path: Path = Path("<state_dict>")
-                       ) -> tuple[dict[str, Any], dict]:
+def convert_state_dict(
+    kind: str, state: Mapping[str, np.ndarray], path: Path = Path("<state_dict>")
+) -> tuple[dict[str, Any], dict]:
     """``(config, variables)`` for the jsr module of ``kind``; raises ConversionError on any mismatch."""
     config = infer_config(kind, state, path)
     targets = targets_for(kind, config)
@@ -331,14 +341,19 @@ def convert_state_dict(kind: str, state: Mapping[str, np.ndarray], path: Path = 
         raise ConversionError("\n".join(lines))
     wrong = [(k, tuple(state[k].shape), t.shape) for k, t in targets.items() if tuple(state[k].shape) != t.shape]
     if wrong:
-        raise ConversionError("\n".join(
-            [f"{path}: tensor shapes do not match a {kind} with {config}"]
-            + [f"  {k}: checkpoint has {got}, expected {want}" for k, got, want in wrong]
-        ))
+        raise ConversionError(
+            "\n".join(
+                [f"{path}: tensor shapes do not match a {kind} with {config}"]
+                + [f"  {k}: checkpoint has {got}, expected {want}" for k, got, want in wrong]
+            )
+        )
     variables: dict[str, dict] = {}
     for key, target in targets.items():
-        _set(variables.setdefault(target.collection, {}), target.path,
-             np.asarray(target.transform(state[key].astype(np.float32)), dtype=np.float32))
+        _set(
+            variables.setdefault(target.collection, {}),
+            target.path,
+            np.asarray(target.transform(state[key].astype(np.float32)), dtype=np.float32),
+        )
     _check_against_module(kind, config, variables, path)
     return config, variables
 
@@ -357,8 +372,10 @@ def _check_against_module(kind: str, config: dict[str, Any], variables: dict, pa
     expected = jax.tree.map(lambda a: tuple(a.shape), dict(expected))
     got = jax.tree.map(lambda a: tuple(a.shape), variables)
     if expected != got:
-        raise ConversionError(f"{path}: internal error: converted tree differs from the {kind} module's "
-                              f"parameters\n  expected {expected}\n  got {got}")
+        raise ConversionError(
+            f"{path}: internal error: converted tree differs from the {kind} module's "
+            f"parameters\n  expected {expected}\n  got {got}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------- command line
@@ -389,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="convert_torch_weights.py",
         description="Convert SRGAN-PyTorch generator/discriminator or torchvision VGG19 weights to a jsr model "
-                    "directory (Orbax checkpoint + jsr_model.json).",
+        "directory (Orbax checkpoint + jsr_model.json).",
     )
     parser.add_argument("--model", required=True, choices=["generator", "discriminator", "vgg19"])
     parser.add_argument("--input", required=True, help=".pt / .pth (zip or legacy torch format) or .safetensors")

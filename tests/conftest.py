@@ -1,8 +1,14 @@
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
-import pytest
+# Every test session sees 4 simulated CPU devices, so sharding code is always exercised; a test that wants
+# one device builds its mesh from jax.devices()[:1]. Must happen before jax is imported anywhere.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
+
+import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))  # tests/ helpers such as torch_reference

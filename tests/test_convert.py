@@ -24,7 +24,9 @@ def _torch():
 def run_cli(repo_root, *args):
     return subprocess.run(
         [sys.executable, str(repo_root / "tools" / "convert_torch_weights.py"), *map(str, args)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -73,8 +75,9 @@ def test_generator_per_layer_prelu_and_other_scales(tmp_path, scale):
 
     t = _torch()
     t.manual_seed(scale)
-    model = ref.randomize_(ref.Generator(n_feats=16, num_block=3, scale=scale, shared_prelu=False), seed=scale,
-                           prelu_per_layer=True)
+    model = ref.randomize_(
+        ref.Generator(n_feats=16, num_block=3, scale=scale, shared_prelu=False), seed=scale, prelu_per_layer=True
+    )
     ckpt = save(model, tmp_path / "g.pth")
     assert convert_main(["--model", "generator", "--input", str(ckpt), "--output", str(tmp_path / "out")]) == 0
     module, variables = load_model(tmp_path / "out")
@@ -99,8 +102,11 @@ def test_discriminator_cli_parity(tmp_path, repo_root, legacy):
     assert sum(p.numel() for p in model.parameters()) == 23_565_377
     rng = np.random.default_rng(2)
     # different brightness and contrast per image, so the four probabilities differ
-    x = np.clip(rng.uniform(-1, 1, (4, 1, 1, 1)) + rng.uniform(0.05, 1, (4, 1, 1, 1)) * rng.uniform(-1, 1, (4, 96, 96, 3)),
-                -1, 1).astype(np.float32)
+    x = np.clip(
+        rng.uniform(-1, 1, (4, 1, 1, 1)) + rng.uniform(0.05, 1, (4, 1, 1, 1)) * rng.uniform(-1, 1, (4, 96, 96, 3)),
+        -1,
+        1,
+    ).astype(np.float32)
     with t.no_grad():  # centre the logits of these images so the sigmoid is not saturated
         logits = model.tail[:3](model.body(model.conv02(model.conv01(nchw(x)))).reshape(4, -1))[:, 0]
         model.tail[2].bias.sub_(logits.mean())

@@ -48,8 +48,13 @@ class Discriminator(nn.Module):
         def conv(y, features, stride, name):
             # Explicit symmetric padding: Flax 'SAME' with stride 2 pads (0, 1), PyTorch pads (1, 1).
             return nn.Conv(
-                features, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)),
-                kernel_init=CONV_INIT, dtype=self.dtype, name=name,
+                features,
+                (3, 3),
+                strides=(stride, stride),
+                padding=((1, 1), (1, 1)),
+                kernel_init=CONV_INIT,
+                dtype=self.dtype,
+                name=name,
             )(y)
 
         def bn(y, name):

@@ -6,7 +6,8 @@ normalisation itself. Features are taken AFTER the ReLU, as SRGAN defines VGG22 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
