@@ -1,0 +1,151 @@
+"""``python -m jsr.upscale``: super-resolve image files or folders with a converted or trained generator.
+
+    python -m jsr.upscale --weights DIR --input PATH --output PATH [--tile N] [--overlap N] [--background COLOUR]
+
+PNG, JPEG, WebP, TIFF, BMP in (grayscale, palette, 16-bit, RGBA included); PNG out, RGB, or RGBA when the input
+had alpha and no --background was given (alpha is upscaled with bicubic and re-attached). A folder is processed
+recursively with relative names kept; a file that cannot be read is reported by name, the others still run, and
+the exit code is 1 if any failed. Outputs are written atomically (no half-written PNGs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from jsr.images import (
+    IMAGE_SUFFIXES,
+    ImageReadError,
+    composite,
+    list_images,
+    parse_colour,
+    read_image,
+    resize,
+    to_uint8,
+    write_png,
+)
+
+
+def plan_outputs(input_path: Path, output_path: Path) -> list[tuple[Path, Path]]:
+    """(source, destination) pairs; a folder input maps to a folder output with relative names kept."""
+    if input_path.is_dir():
+        sources = list_images(input_path)
+        if not sources:
+            raise SystemExit(f"error: no images ({', '.join(IMAGE_SUFFIXES)}) found in {input_path}")
+        if output_path.exists() and not output_path.is_dir():
+            raise SystemExit(f"error: --input is a folder, so --output must be a folder, but {output_path} is a file")
+        return [(src, output_path / src.relative_to(input_path).with_suffix(".png")) for src in sources]
+    if not input_path.exists():
+        raise SystemExit(f"error: --input {input_path} does not exist")
+    if output_path.is_dir() or output_path.suffix == "":
+        return [(input_path, output_path / f"{input_path.stem}.png")]
+    if output_path.suffix.lower() != ".png":
+        raise SystemExit(f"error: outputs are PNG; give --output a .png name or a folder, not {output_path.name}")
+    return [(input_path, output_path)]
+
+
+def upscale_file(upscaler, source: Path, destination: Path, background, progress=None) -> tuple[int, int]:
+    """Read, super-resolve and write one image; returns the output (height, width)."""
+    image = read_image(source)
+    rgb, alpha = image.rgb, image.alpha
+    if alpha is not None and background is not None:
+        rgb, alpha = composite(rgb, alpha, background), None
+    sr = upscaler.upscale(rgb, out_dtype=np.uint8, progress=progress)
+    if alpha is not None:
+        sr_alpha = to_uint8(np.clip(resize(alpha, sr.shape[:2], "bicubic"), 0, 1))
+        sr = np.concatenate([sr, sr_alpha[..., None]], axis=2)
+    write_png(destination, sr)
+    return sr.shape[0], sr.shape[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jsr.upscale", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", required=True, help="model directory: converted weights or a training workdir")
+    parser.add_argument("--input", required=True, type=Path, help="an image file or a folder of images")
+    parser.add_argument("--output", required=True, type=Path, help="a .png file, or a folder")
+    parser.add_argument(
+        "--tile",
+        type=int,
+        default=None,
+        help="tile side in LR pixels (default: tile only images larger than 256 px + context)",
+    )
+    parser.add_argument(
+        "--overlap",
+        type=int,
+        default=None,
+        help="context around each tile in LR pixels (default: the receptive radius: exact)",
+    )
+    parser.add_argument(
+        "--background",
+        default=None,
+        help="composite transparent images onto this colour (white, #rrggbb, r,g,b) -> RGB output",
+    )
+    args = parser.parse_args(argv)
+
+    background = None
+    if args.background is not None:
+        try:
+            background = parse_colour(args.background)
+        except ValueError as e:
+            parser.error(str(e))
+    if args.tile is not None and args.tile < 8:
+        parser.error("--tile must be at least 8 LR pixels")
+    if args.overlap is not None and args.overlap < 0:
+        parser.error("--overlap must be >= 0")
+    jobs = plan_outputs(args.input, args.output)
+
+    # Heavy imports after argument checks, so usage errors answer instantly.
+    from tqdm import tqdm
+
+    from jsr.checkpoints import ModelFileError, load_model
+    from jsr.inference import Upscaler
+    from jsr.models import Generator
+
+    try:
+        module, variables = load_model(args.weights)
+    except ModelFileError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not isinstance(module, Generator):
+        print(f"error: {args.weights} holds a {type(module).__name__}, not a generator", file=sys.stderr)
+        return 2
+    upscaler = Upscaler(module, variables, tile=args.tile, overlap=args.overlap, force_tiles=args.tile is not None)
+    if not upscaler.exact:
+        print(
+            f"warning: --overlap {upscaler.overlap} is below the receptive radius "
+            f"{module.receptive_radius}: tile seams may differ from an untiled run",
+            file=sys.stderr,
+        )
+
+    failures: list[str] = []
+    claimed: dict[Path, Path] = {}
+    start = time.perf_counter()
+    bar = tqdm(jobs, desc="upscale", unit="img", disable=len(jobs) == 1, file=sys.stderr)
+    for source, destination in bar:
+        if destination in claimed:
+            failures.append(
+                f"{source}: its output {destination} is also the output of {claimed[destination]}; rename one of them"
+            )
+            continue
+        claimed[destination] = source
+        try:
+            upscale_file(upscaler, source, destination, background)
+        except ImageReadError as e:
+            failures.append(str(e))
+            bar.write(f"error: {e}", file=sys.stderr)
+    done = len(jobs) - len(failures)
+    print(
+        f"wrote {done} image(s) to {args.output} in {time.perf_counter() - start:.1f} s"
+        + (f"; {len(failures)} failed" if failures else "")
+    )
+    for failure in failures:
+        print(f"failed: {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
