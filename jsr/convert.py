@@ -63,6 +63,8 @@ def _read_torch(path: Path) -> dict[str, Any]:
         ) from e
     import pickle
 
+    if path.stat().st_size == 0:
+        raise ConversionError(f"{path}: not a PyTorch checkpoint (the file is empty)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # protocol-version chatter from old files

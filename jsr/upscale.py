@@ -62,6 +62,25 @@ def upscale_file(upscaler, source: Path, destination: Path, background, progress
     return sr.shape[0], sr.shape[1]
 
 
+class TileProgress:
+    """A tile-level progress bar, shown only for images that are actually split into tiles."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.bar = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=self.name, unit="tile", leave=False, file=sys.stderr)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jsr.upscale", description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", required=True, help="model directory: converted weights or a training workdir")
@@ -132,11 +151,14 @@ def main(argv: list[str] | None = None) -> int:
             )
             continue
         claimed[destination] = source
+        tiles = TileProgress(source.name)
         try:
-            upscale_file(upscaler, source, destination, background)
+            upscale_file(upscaler, source, destination, background, progress=tiles)
         except ImageReadError as e:
             failures.append(str(e))
             bar.write(f"error: {e}", file=sys.stderr)
+        finally:
+            tiles.close()
     done = len(jobs) - len(failures)
     print(
         f"wrote {done} image(s) to {args.output} in {time.perf_counter() - start:.1f} s"
