@@ -56,8 +56,9 @@ def test_tiled_equals_untiled_cli(tmp_path, full_generator):
     assert np.abs(a - b).max() <= 1
 
 
-def test_padding_and_tiling_are_exact_with_one_compile_per_shape():
-    module = Generator(n_feats=16, num_blocks=3, scale=4)
+@pytest.mark.parametrize("scale, bicubic_skip", [(4, False), (3, True)])
+def test_padding_and_tiling_are_exact_with_one_compile_per_shape(scale, bicubic_skip):
+    module = Generator(n_feats=16, num_blocks=3, scale=scale, bicubic_skip=bicubic_skip)
     variables = random_generator_variables(module, seed=2)
     images = [photo(50, 70), photo(60, 100), photo(33, 97)]  # all pad to the 64x128 bucket
     direct = [np.clip((np.asarray(module.apply(variables, image[None] * 2 - 1))[0] + 1) / 2, 0, 1) for image in images]

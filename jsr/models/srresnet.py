@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 # PyTorch BatchNorm2d defaults (running-stat momentum 0.1 == Flax momentum 0.9).
@@ -36,6 +37,20 @@ def upsample_factors(scale: int) -> tuple[int, ...]:
     if scale < 2:
         raise ValueError(f"scale must be >= 2, got {scale}")
     return (2, 2) if scale == 4 else (scale,)
+
+
+def bicubic_upscale(x: jnp.ndarray, scale: int, valid_mask=None) -> jnp.ndarray:
+    """Bicubic x``scale`` upscale; with a mask, the weights are renormalised over valid pixels, which equals
+    upscaling the unpadded image (jax.image.resize renormalises at image borders the same way)."""
+    n, h, w, c = x.shape
+    resize = lambda a: jax.image.resize(a, (n, h * scale, w * scale, a.shape[-1]), "bicubic")  # noqa: E731
+    if valid_mask is None:
+        return resize(x)
+    valid_mask = valid_mask.astype(x.dtype)
+    weight = resize(valid_mask)
+    # Valid pixels keep at least ~0.43 of the kernel mass (a corner at x4); the floor only guards the division
+    # in the padding, whose values are discarded.
+    return jnp.where(weight > 0.1, resize(x * valid_mask) / jnp.maximum(weight, 0.1), 0.0)
 
 
 class _MaskedConv(nn.Module):
@@ -90,6 +105,9 @@ class Generator(nn.Module):
       num_blocks: residual blocks.
       scale: upscaling factor (2, 3, 4, 8, ...).
       channels: image channels (3 for the released weights).
+      bicubic_skip: learn the residual over a bicubic upscale of the input (BasicSR's MSRResNet idea; the output
+        is then ``last_conv + bicubic`` without tanh). Off in the released layout; it trains much faster from
+        scratch, which is what the CPU quickstart needs.
       dtype: compute dtype (parameters stay float32).
 
     ``__call__(x, train=False, return_features=False, valid_mask=None)`` takes NHWC images in [-1, 1] and
@@ -102,6 +120,7 @@ class Generator(nn.Module):
     num_blocks: int = 16
     scale: int = 4
     channels: int = 3
+    bicubic_skip: bool = False
     dtype: Any = jnp.float32
 
     @property
@@ -119,6 +138,7 @@ class Generator(nn.Module):
             raise ValueError(f"Generator expects NHWC images with {self.channels} channels, got shape {x.shape}")
         mask = valid_mask
         prelu = dict(negative_slope_init=PRELU_INIT)
+        image = x.astype(jnp.float32)
         x = x.astype(self.dtype)
         x = _MaskedConv(self.n_feats, 9, self.dtype, name="conv01")(x, mask)
         x = nn.PReLU(name="conv01_prelu", **prelu)(x)
@@ -138,7 +158,10 @@ class Generator(nn.Module):
             if mask is not None:
                 mask = jnp.repeat(jnp.repeat(mask, r, axis=1), r, axis=2)
         x = _MaskedConv(self.channels, 3, self.dtype, name="last_conv")(x, mask)
-        sr = jnp.tanh(x).astype(jnp.float32)
+        if self.bicubic_skip:
+            sr = x.astype(jnp.float32) + bicubic_upscale(image, self.scale, valid_mask)
+        else:
+            sr = jnp.tanh(x).astype(jnp.float32)
         if return_features:
             return sr, features.astype(jnp.float32)
         return sr
