@@ -1,0 +1,202 @@
+"""Data: sources (Pokemon TFDS builder, DIV2K, image folders, bundled samples), Grain pipeline, on-device augmentation.
+
+What the trainer calls (``cfg`` is ``config.data``, see ``default_data_config`` for every field)::
+
+    source = make_source(cfg, "train")                      # len(), source[i] -> {"hr", "lr", "id"} uint8
+    it = make_train_iterator(cfg, batch_size, seed, mesh)   # next(it) -> {"hr", "lr"} uint8, sharded on 'data'
+    state = it.get_state(); it.set_state(state)             # JSON-serialisable; resume sees the same batches
+    for batch in make_eval_batches(cfg, batch_size, mesh):  # {"hr", "lr", "mask"}, every validation record once
+        ...
+    # inside the jitted step (images float32 in [0, 1], fill in the same units):
+    hr, lr = augment.augment_batch(key, to_unit(batch["hr"]), to_unit(batch["lr"]), params,
+                                   scale=cfg.scale, mode=cfg.augment.mode, fill=augment_fill(cfg.augment))
+    # with params = augment_params(cfg.augment, per-step batch size) (per-example arrays a tuner may change).
+
+Importing ``jsr.data`` registers the TFDS builder ``pokemon``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from jsr import images
+from jsr.data import augment, pipeline, pokemon, sources  # noqa: F401  (pokemon registers the TFDS builder)
+from jsr.data.augment import augment_batch, make_params, to_unit
+from jsr.data.pipeline import DeviceIterator
+
+__all__ = [
+    "DeviceIterator",
+    "augment",
+    "augment_batch",
+    "augment_fill",
+    "augment_params",
+    "default_data_config",
+    "make_eval_batches",
+    "make_params",
+    "make_source",
+    "make_train_iterator",
+    "to_unit",
+]
+
+SOURCES = ("samples", "pokemon", "div2k", "folder")
+log = logging.getLogger(__name__)
+
+
+def default_augment_config() -> ml_collections.ConfigDict:
+    """Augmentation off by default; ``jsr.data.augment.SEED_RECIPE`` holds the seed study's magnitudes."""
+    return ml_collections.ConfigDict(
+        {
+            "enabled": False,
+            "mode": "derive",  # 'derive': LR re-made from the warped HR on device | 'paired': warp both
+            "fill": "white",  # colour name, #rrggbb or 'r,g,b'
+            **{name: (0.0, 0.0) if name == "translate" else 0.0 for name in augment.PARAM_SHAPES},
+        }
+    )
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+    """Every ``config.data`` field with its default."""
+    return ml_collections.ConfigDict(
+        {
+            "source": "samples",  # 'samples' | 'pokemon' | 'div2k' | 'folder'
+            "data_dir": "",  # TFDS data_dir ('' = ~/tensorflow_datasets)
+            "manual_dir": "",  # Pokemon PNGs for offline preparation (python -m jsr.data.prepare)
+            "folder": "",  # HR images (source 'folder')
+            "lr_folder": "",  # matching LR images by file stem ('' = LR by Pillow downscale of HR)
+            "val_folder": "",  # validation/test HR images ('' = hold out val_fraction of `folder`)
+            "val_lr_folder": "",
+            "val_fraction": 0.1,
+            "skip_bad_files": False,  # False: stop before training with the list of bad files; True: skip them
+            "scale": 4,
+            "patch_size": 24,  # LR training crop (HR = scale * patch); 0 = whole images
+            "eval_patch_size": 0,  # LR centre crop for evaluation; 0 = whole images
+            "downscale": "bicubic",  # 'bicubic' | 'lanczos' (host LR; Pokemon: which prepared config)
+            "background": "white",  # for transparent images in folders
+            "num_threads": 8,  # host decode/crop threads
+            "num_workers": 0,  # Grain worker processes (0 = threads only)
+            "prefetch": 4,  # host batches prepared ahead
+            "device_prefetch": 2,  # batches already placed on the devices ahead
+            "augment": default_augment_config(),
+        }
+    )
+
+
+def _folder_split(cfg, split: str, min_lr: int):
+    scale, skip = int(cfg.scale), bool(cfg.skip_bad_files)
+    if split != "train" and cfg.get("val_folder"):
+        records, bad = sources.scan_folder(cfg.val_folder, cfg.get("val_lr_folder") or None, scale, min_lr, skip)
+    else:
+        if not cfg.get("folder"):
+            raise ValueError("config.data.source='folder' needs config.data.folder (a folder of HR images)")
+        records, bad = sources.scan_folder(cfg.folder, cfg.get("lr_folder") or None, scale, min_lr, skip)
+        if not cfg.get("val_folder"):
+            records = sources.holdout(records, split, float(cfg.get("val_fraction", 0.1)))
+            if not records:
+                raise ValueError(f"no {split} images: set config.data.val_folder or a val_fraction > 0")
+    for path, reason in bad:
+        log.warning("skipping %s: %s", path, reason)
+    background = images.parse_colour(cfg.get("background", "white"))
+    return sources.FolderSource(records, scale, cfg.downscale, background)
+
+
+def make_source(cfg: ml_collections.ConfigDict, split: str = "train", patch_size: int | None = None):
+    """The random-access source of ``split`` ('train' | 'validation' | 'test') for ``cfg.source``.
+
+    ``patch_size`` (LR; default: ``cfg.patch_size`` for train, ``cfg.eval_patch_size`` otherwise) is the size every
+    image must reach; folders report every file below it (and every unreadable/mismatched file) before returning.
+    """
+    sources.check_split(split)
+    if patch_size is None:
+        patch_size = int(cfg.patch_size if split == "train" else cfg.get("eval_patch_size", 0) or 0)
+    kind, scale = cfg.source, int(cfg.scale)
+    if kind == "samples":
+        source = sources.samples_source(split, scale, cfg.downscale)
+    elif kind == "pokemon":
+        if scale != pokemon.SCALE:
+            raise ValueError(f"the pokemon data set is prepared at scale {pokemon.SCALE}; set config.data.scale=4")
+        source = sources.pokemon_source(split, cfg.get("data_dir") or None, cfg.downscale)
+    elif kind == "div2k":
+        if scale != 4:
+            raise ValueError("div2k/bicubic_x4 is scale 4; set config.data.scale=4")
+        source = sources.div2k_source(split, cfg.get("data_dir") or None)
+    elif kind == "folder":
+        return _folder_split(cfg, split, patch_size)
+    else:
+        raise ValueError(f"unknown config.data.source {kind!r}; choose from {SOURCES}")
+    check_source_fits(source, patch_size, scale)
+    return source
+
+
+def check_source_fits(source, patch_size: int, scale: int) -> None:
+    """Fail before training when images cannot give a ``patch_size`` crop (all records if sizes are known)."""
+    if not patch_size or len(source) == 0:
+        return
+    if hasattr(source, "sizes"):
+        small = [source[i]["id"] for i, (h, w) in enumerate(source.sizes()) if min(h, w) < scale * patch_size]
+        if small:
+            raise ValueError(
+                f"images {small} are smaller than the crop (LR {patch_size}); lower config.data.patch_size"
+            )
+    else:  # TFDS: sizes are only known by decoding; the first record catches a uniform data set like Pokemon
+        pipeline.check_fits(source[0], patch_size, scale)
+
+
+def make_train_iterator(
+    cfg: ml_collections.ConfigDict, batch_size: int, seed: int, mesh: Mesh, source=None
+) -> DeviceIterator:
+    """Infinite training batches ``{"hr", "lr"}`` (uint8, global ``batch_size``, sharded over ``mesh``)."""
+    source = make_source(cfg, "train") if source is None else source
+    return pipeline.make_device_iterator(
+        source,
+        mesh,
+        global_batch_size=batch_size,
+        seed=seed,
+        patch_size=int(cfg.patch_size or 0),
+        scale=int(cfg.scale),
+        num_threads=int(cfg.get("num_threads", 8)),
+        prefetch_batches=int(cfg.get("prefetch", 4)),
+        num_workers=int(cfg.get("num_workers", 0)),
+        device_prefetch=int(cfg.get("device_prefetch", 2)),
+    )
+
+
+def make_eval_batches(
+    cfg: ml_collections.ConfigDict,
+    batch_size: int,
+    mesh: Mesh,
+    split: str = "validation",
+    source=None,
+    with_ids: bool = False,
+):
+    """Every record of ``split`` once: ``{"hr", "lr", "mask"}`` (or ``(batch, ids)``), padded, sharded.
+
+    Weight per-example metrics by ``mask``. A new generator each call (re-iterable per evaluation).
+    """
+    patch = int(cfg.get("eval_patch_size", 0) or 0)
+    source = make_source(cfg, split, patch) if source is None else source
+    return pipeline.eval_batches(
+        source,
+        mesh,
+        global_batch_size=batch_size,
+        patch_size=patch,
+        scale=int(cfg.scale),
+        num_threads=int(cfg.get("num_threads", 8)),
+        with_ids=with_ids,
+    )
+
+
+def augment_params(aug_cfg: ml_collections.ConfigDict, batch_size: int) -> dict:
+    """Per-example magnitude arrays from ``config.data.augment`` (all zero when ``enabled`` is False)."""
+    if not aug_cfg.get("enabled", False):
+        return augment.zero_params(batch_size)
+    values = {name: aug_cfg[name] for name in augment.PARAM_SHAPES if name in aug_cfg}
+    return augment.make_params(batch_size, **values)
+
+
+def augment_fill(aug_cfg: ml_collections.ConfigDict) -> np.ndarray:
+    """The fill colour as float32 RGB in [0, 1] (the augmentation's units)."""
+    return np.asarray(images.parse_colour(str(aug_cfg.get("fill", "white"))), np.float32)

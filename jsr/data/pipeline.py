@@ -1,0 +1,260 @@
+"""Grain pipeline: a random-access source -> shuffled, cropped, batched host arrays -> sharded global arrays.
+
+Training (``train_dataset`` + ``DeviceIterator``): this process's shard of the source (``ShardByJaxProcess``),
+shuffled per epoch from the seed, repeated forever, an aligned random crop per record whose RNG is seeded by the
+seed and the record's position (so batches are a pure function of (seed, step) and the iterator state is just a
+position), decoded by prefetch threads (and optionally worker processes), batched on the host and placed with the
+batch sharding, a few batches ahead. Batches are ``{"hr": uint8 (B, s*p, s*p, 3), "lr": uint8 (B, p, p, 3)}``.
+
+Evaluation (``eval_batches``): every record of the split once, in order, whole or centre-cropped, padded to full
+batches with a ``mask`` (1 = real example, 0 = padding).
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from jsr.parallel import check_batch_size, put_batch
+
+
+def crop_pair(example: dict, top: int, left: int, patch: int, scale: int) -> dict:
+    """The LR patch at (top, left) and the HR patch covering exactly the same area."""
+    lr = example["lr"][top : top + patch, left : left + patch]
+    hr = example["hr"][scale * top : scale * (top + patch), scale * left : scale * (left + patch)]
+    return {"hr": np.ascontiguousarray(hr), "lr": np.ascontiguousarray(lr)}
+
+
+def check_fits(example: dict, patch: int, scale: int) -> None:
+    """Clear error for a record that cannot give a patch or whose HR is not scale x LR."""
+    (h, w), (hh, hw) = example["lr"].shape[:2], example["hr"].shape[:2]
+    if (hh, hw) != (scale * h, scale * w):
+        raise ValueError(f"record {example.get('id')!r}: HR {hh}x{hw} is not {scale} x LR {h}x{w}")
+    if min(h, w) < patch:
+        raise ValueError(
+            f"record {example.get('id')!r}: LR {h}x{w} is smaller than the patch {patch}; lower config.data.patch_size"
+        )
+
+
+class RandomCrop(grain.transforms.RandomMap):
+    """Aligned random crop (LR ``patch``, HR ``scale * patch``); ``patch`` 0 keeps whole images."""
+
+    def __init__(self, patch: int, scale: int):
+        self.patch, self.scale = patch, scale
+
+    def random_map(self, element: dict, rng: np.random.Generator) -> dict:
+        if not self.patch:
+            return {"hr": element["hr"], "lr": element["lr"]}
+        check_fits(element, self.patch, self.scale)
+        h, w = element["lr"].shape[:2]
+        top, left = int(rng.integers(0, h - self.patch + 1)), int(rng.integers(0, w - self.patch + 1))
+        return crop_pair(element, top, left, self.patch, self.scale)
+
+
+def center_crop(element: dict, patch: int, scale: int) -> dict:
+    """Centre crop for evaluation (``patch`` 0: the whole image); keeps the id."""
+    if not patch:
+        return {"hr": element["hr"], "lr": element["lr"], "id": element["id"]}
+    check_fits(element, patch, scale)
+    h, w = element["lr"].shape[:2]
+    return crop_pair(element, (h - patch) // 2, (w - patch) // 2, patch, scale) | {"id": element["id"]}
+
+
+def stack(examples: Sequence[dict]) -> dict:
+    """Batch of equal-shape examples; a clear error when whole images of different sizes meet."""
+    shapes = {e["hr"].shape for e in examples}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"cannot batch whole images of different sizes {sorted(shapes)}: set config.data.patch_size "
+            "to train on crops, or use a batch size of 1 per process"
+        )
+    return {k: np.stack([e[k] for e in examples]) for k in ("hr", "lr")}
+
+
+def shard_of(length: int, shard_index: int, shard_count: int) -> slice:
+    """Equal-size strided shard (the remainder is dropped so every process runs the same number of steps)."""
+    per_shard = length // shard_count
+    if per_shard == 0:
+        raise ValueError(f"{length} records cannot be split over {shard_count} processes")
+    return slice(shard_index, per_shard * shard_count, shard_count)
+
+
+def process_shard() -> tuple[int, int]:
+    options = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+    return options.shard_index, options.shard_count
+
+
+def train_dataset(
+    source,
+    *,
+    batch_size: int,
+    seed: int,
+    patch_size: int,
+    scale: int,
+    shard: tuple[int, int] = (0, 1),
+    num_threads: int = 8,
+    prefetch_batches: int = 4,
+    num_workers: int = 0,
+) -> grain.IterDataset:
+    """Infinite host dataset of ``batch_size`` (this process's part of the global batch) uint8 examples."""
+    ds = grain.MapDataset.source(source)
+    ds = ds[shard_of(len(ds), *shard)]
+    ds = ds.shuffle(seed=seed).repeat(None)
+    # seed + 1: the crops must not share the shuffle's random stream.
+    ds = ds.random_map(RandomCrop(patch_size, scale), seed=(seed + 1) % 2**32)
+    read = grain.ReadOptions(
+        num_threads=max(1, num_threads), prefetch_buffer_size=max(1, prefetch_batches) * batch_size
+    )
+    it = ds.to_iter_dataset(read).batch(batch_size, drop_remainder=True, batch_fn=stack)
+    if num_workers > 0:
+        ensure_flags_parsed()
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return it
+
+
+def ensure_flags_parsed() -> None:
+    """Grain's worker processes read absl flags; a caller without absl.app (tests, notebooks) has not parsed them."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()  # the defaults; an absl.app entry point has parsed the real ones already
+
+
+class DeviceIterator:
+    """Global sharded batches from a Grain dataset, ``device_prefetch`` batches in flight on the devices.
+
+    ``get_state()`` describes the position after the last batch RETURNED (not the prefetched ones), so
+    ``set_state(saved)`` on a fresh iterator continues with exactly the batch an uninterrupted run would get next.
+    The state is a JSON-serialisable dict.
+    """
+
+    def __init__(self, dataset: grain.IterDataset, mesh: Mesh, device_prefetch: int = 2):
+        self._iter = iter(dataset)
+        self._mesh = mesh
+        self._depth = max(0, device_prefetch)
+        self._queue: collections.deque = collections.deque()
+        self._state = self._iter.get_state()
+
+    def __iter__(self) -> DeviceIterator:
+        return self
+
+    def _fill(self, count: int) -> None:
+        while len(self._queue) < count:
+            host = next(self._iter)
+            self._queue.append((put_batch(host, self._mesh), self._iter.get_state()))
+
+    def __next__(self) -> dict[str, jax.Array]:
+        self._fill(1 + self._depth)
+        batch, self._state = self._queue.popleft()
+        return batch
+
+    def get_state(self) -> dict[str, Any]:
+        return copy.deepcopy(self._state)
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._queue.clear()
+        self._iter.set_state(copy.deepcopy(state))
+        self._state = copy.deepcopy(state)
+
+    def close(self) -> None:
+        self._queue.clear()
+        close = getattr(self._iter, "close", None)
+        if close is not None:
+            close()
+
+
+def make_device_iterator(
+    source,
+    mesh: Mesh,
+    *,
+    global_batch_size: int,
+    seed: int,
+    patch_size: int,
+    scale: int,
+    num_threads: int = 8,
+    prefetch_batches: int = 4,
+    num_workers: int = 0,
+    device_prefetch: int = 2,
+) -> DeviceIterator:
+    """The training iterator of this process; the global batch must split evenly over the mesh's devices."""
+    per_process = check_batch_size(global_batch_size, mesh)
+    ds = train_dataset(
+        source,
+        batch_size=per_process,
+        seed=seed,
+        patch_size=patch_size,
+        scale=scale,
+        shard=process_shard(),
+        num_threads=num_threads,
+        prefetch_batches=prefetch_batches,
+        num_workers=num_workers,
+    )
+    return DeviceIterator(ds, mesh, device_prefetch)
+
+
+def pad_batch(examples: Sequence[dict], batch_size: int) -> tuple[dict, list[str]]:
+    """Stack ``examples`` and pad to ``batch_size`` by repeating the last one; ``mask`` marks the real ones."""
+    n = len(examples)
+    padded = list(examples) + [examples[-1]] * (batch_size - n)
+    batch = stack(padded)
+    batch["mask"] = (np.arange(batch_size) < n).astype(np.float32)
+    return batch, [e["id"] for e in examples]
+
+
+def group_batches(examples: Iterator[dict], batch_size: int) -> Iterator[tuple[dict, list[str]]]:
+    """Consecutive examples of equal shape in batches of ``batch_size`` (a shape change starts a new batch)."""
+    group: list[dict] = []
+    for example in examples:
+        if group and (len(group) == batch_size or example["hr"].shape != group[0]["hr"].shape):
+            yield pad_batch(group, batch_size)
+            group = []
+        group.append(example)
+    if group:
+        yield pad_batch(group, batch_size)
+
+
+def eval_batches(
+    source,
+    mesh: Mesh,
+    *,
+    global_batch_size: int,
+    patch_size: int,
+    scale: int,
+    num_threads: int = 8,
+    with_ids: bool = False,
+) -> Iterator[dict[str, jax.Array]] | Iterator[tuple[dict[str, jax.Array], list[str]]]:
+    """Every record of ``source`` once (this process's shard), deterministic order, sharded on the mesh.
+
+    Batches are ``{"hr", "lr", "mask"}``; whole images (``patch_size`` 0) of different sizes go in separate
+    batches (one compile per distinct size). With several processes every record must have the same size
+    (use ``patch_size``), so all processes step through the same batch shapes.
+    """
+    per_process = check_batch_size(global_batch_size, mesh)
+    index, count = process_shard()
+    n = len(source)
+    per_shard = -(-n // count)  # ceil: every process yields the same number of batches
+    ds = grain.MapDataset.source(source).map(lambda e: center_crop(e, patch_size, scale))
+    read = grain.ReadOptions(num_threads=max(1, num_threads), prefetch_buffer_size=max(2 * per_process, 8))
+    mine = ds[index::count].to_iter_dataset(read)
+    shapes: set[tuple[int, ...]] = set()
+    batches = 0
+    for host, ids in group_batches(iter(mine), per_process):
+        shapes.add(host["hr"].shape)
+        if count > 1 and len(shapes) > 1:
+            raise ValueError("multi-process evaluation of whole images of different sizes: set eval_patch_size")
+        batches += 1
+        device = put_batch(host, mesh)
+        yield (device, ids) if with_ids else device
+    # A process with one record fewer may have one batch fewer: it sends a fully masked batch so that every
+    # process runs the same number of (collective) steps.
+    while count > 1 and shapes and batches < -(-per_shard // per_process):
+        host = {k: np.zeros_like(v) for k, v in host.items()}
+        batches += 1
+        yield (put_batch(host, mesh), []) if with_ids else put_batch(host, mesh)

@@ -1,0 +1,172 @@
+"""Grain pipeline: determinism, checkpointed iterator state, aligned crops, sharding on 4 simulated CPU devices."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import jsr.data as data
+from jsr.data import pipeline, sources
+from jsr.parallel import batch_sharding, make_mesh
+
+SCALE = 4
+
+
+def tagged_source(n=10, hr=32, sizes=None):
+    """Records whose first HR pixel holds their index; LR = HR[::4, ::4], so aligned crops keep that relation."""
+    rng = np.random.default_rng(0)
+    pairs = []
+    for i in range(n):
+        h, w = sizes[i] if sizes else (hr, hr)
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        image[0, 0] = i
+        pairs.append((f"r{i}", image, np.ascontiguousarray(image[::SCALE, ::SCALE])))
+    return sources.ArraySource(pairs)
+
+
+def take(it, k):
+    return [jax.tree.map(np.asarray, next(it)) for _ in range(k)]
+
+
+def assert_batches_equal(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x.keys() == y.keys()
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key])
+
+
+def iterator(source, seed=0, patch=4, batch=4, threads=2, **kw):
+    return pipeline.make_device_iterator(
+        source,
+        make_mesh(),
+        global_batch_size=batch,
+        seed=seed,
+        patch_size=patch,
+        scale=SCALE,
+        num_threads=threads,
+        **kw,
+    )
+
+
+def test_same_seed_same_batches_other_seed_other_batches():
+    source = tagged_source()
+    a, b, c = take(iterator(source, 1), 4), take(iterator(source, 1, threads=1), 4), take(iterator(source, 2), 4)
+    assert_batches_equal(a, b)
+    assert not all(np.array_equal(x["hr"], y["hr"]) for x, y in zip(a, c, strict=True))
+
+
+def test_restored_state_continues_exactly_across_an_epoch_boundary():
+    source = tagged_source(n=10)
+    it = iterator(source, seed=3, device_prefetch=2)
+    take(it, 3)  # 12 records: already inside the second epoch
+    state = json.loads(json.dumps(it.get_state()))  # what a checkpoint stores
+    expected = take(it, 4)
+    resumed = iterator(source, seed=3, device_prefetch=0)
+    resumed.set_state(state)
+    assert_batches_equal(take(resumed, 4), expected)
+    # Restoring into the SAME iterator (prefetched batches in flight) also rewinds exactly.
+    it.set_state(state)
+    assert_batches_equal(take(it, 4), expected)
+
+
+def test_batches_land_with_the_batch_sharding_on_four_devices():
+    mesh = make_mesh()
+    assert mesh.devices.size == 4
+    batch = next(iterator(tagged_source(), batch=8))
+    assert batch["hr"].shape == (8, 16, 16, 3) and batch["lr"].shape == (8, 4, 4, 3)
+    assert batch["hr"].dtype == np.uint8
+    for key in ("hr", "lr"):
+        assert batch[key].sharding.is_equivalent_to(batch_sharding(mesh), batch[key].ndim)
+        assert len({s.device for s in batch[key].addressable_shards}) == 4
+
+
+def test_crops_are_aligned():
+    for b in take(iterator(tagged_source(hr=48), patch=5, batch=4), 3):
+        np.testing.assert_array_equal(b["lr"], b["hr"][:, ::SCALE, ::SCALE])
+
+
+def test_one_epoch_sees_every_record_once_in_a_shuffled_order():
+    source = tagged_source(n=8)
+    batches = take(iterator(source, seed=0, patch=0), 4)
+    first_epoch = np.concatenate([b["hr"][:, 0, 0, 0] for b in batches[:2]])
+    second_epoch = np.concatenate([b["hr"][:, 0, 0, 0] for b in batches[2:]])
+    assert sorted(first_epoch) == list(range(8)) and sorted(second_epoch) == list(range(8))
+    assert list(first_epoch) != list(range(8)) and list(first_epoch) != list(second_epoch)
+
+
+def test_process_shards_are_disjoint_and_equal():
+    source = tagged_source(n=9)
+    seen = []
+    for index in range(2):
+        ds = pipeline.train_dataset(
+            source, batch_size=4, seed=0, patch_size=0, scale=SCALE, shard=(index, 2), num_threads=1
+        )
+        seen.append(set(next(iter(ds))["hr"][:, 0, 0, 0].tolist()))
+    assert len(seen[0]) == len(seen[1]) == 4  # 9 // 2 records each, the 9th dropped
+    assert not seen[0] & seen[1]
+
+
+def test_whole_images_of_different_sizes_fail_with_advice():
+    source = tagged_source(n=4, sizes=[(32, 32), (32, 40), (32, 32), (32, 40)])
+    with pytest.raises(ValueError, match="patch_size"):
+        take(iterator(source, patch=0, batch=4), 1)
+
+
+def test_eval_batches_cover_every_record_once_with_a_mask():
+    source = tagged_source(n=6, sizes=[(32, 32)] * 3 + [(24, 32)] * 3)
+    out = list(
+        pipeline.eval_batches(source, make_mesh(), global_batch_size=4, patch_size=0, scale=SCALE, with_ids=True)
+    )
+    assert [b["hr"].shape for b, _ in out] == [(4, 32, 32, 3), (4, 24, 32, 3)]  # one batch per size
+    ids = [i for _, batch_ids in out for i in batch_ids]
+    assert ids == [f"r{i}" for i in range(6)]
+    masks = [np.asarray(b["mask"]).tolist() for b, _ in out]
+    assert masks == [[1, 1, 1, 0], [1, 1, 1, 0]]
+    assert out[0][0]["mask"].sharding.is_equivalent_to(batch_sharding(make_mesh()), 1)
+
+
+def test_eval_centre_crops_are_centred_and_aligned():
+    source = tagged_source(n=2, hr=48)
+    batch = next(pipeline.eval_batches(source, make_mesh(), global_batch_size=4, patch_size=4, scale=SCALE))
+    full = source[0]["hr"]
+    np.testing.assert_array_equal(np.asarray(batch["hr"])[0], full[16:32, 16:32])  # LR 12 -> offset 4 -> HR 16
+    np.testing.assert_array_equal(np.asarray(batch["lr"]), np.asarray(batch["hr"])[:, ::SCALE, ::SCALE])
+
+
+def test_samples_source_through_the_public_api():
+    cfg = data.default_data_config()
+    cfg.patch_size = 8
+    train, val = data.make_source(cfg, "train"), data.make_source(cfg, "validation")
+    train_ids = {train[i]["id"] for i in range(len(train))}
+    val_ids = {val[i]["id"] for i in range(len(val))}
+    assert len(train_ids) >= 5 and val_ids and not train_ids & val_ids
+    for source in (train, val):
+        for i in range(len(source)):
+            r = source[i]
+            assert r["hr"].dtype == np.uint8 and r["hr"].shape[2] == 3
+            assert r["hr"].shape[:2] == (SCALE * r["lr"].shape[0], SCALE * r["lr"].shape[1])
+    it = data.make_train_iterator(cfg, batch_size=4, seed=0, mesh=make_mesh(), source=train)
+    batch = next(it)
+    assert batch["hr"].shape == (4, 32, 32, 3) and batch["lr"].shape == (4, 8, 8, 3)
+    it.close()
+
+
+def test_patch_larger_than_the_samples_fails_before_training():
+    cfg = data.default_data_config()
+    cfg.patch_size = 1000
+    with pytest.raises(ValueError, match="smaller than the crop"):
+        data.make_source(cfg, "train")
+
+
+def test_augment_config_gives_per_example_params():
+    cfg = data.default_data_config().augment
+    assert all(float(np.abs(v).max()) == 0 for v in data.augment_params(cfg, 3).values())
+    cfg.enabled = True
+    cfg.rotation_deg = 30.0
+    cfg.translate = (0.1, 0.2)
+    params = data.augment_params(cfg, 3)
+    assert params["rotation_deg"].shape == (3,) and params["translate"].shape == (3, 2)
+    np.testing.assert_allclose(np.asarray(params["translate"])[1], [0.1, 0.2])
+    np.testing.assert_allclose(data.augment_fill(cfg), [1.0, 1.0, 1.0])
