@@ -23,6 +23,7 @@ from jsr.models import MODEL_KINDS
 
 MODEL_FILE = "jsr_model.json"
 VARIABLES_DIR = "variables"
+TRAIN_CHECKPOINTS = "checkpoints"
 FORMAT_VERSION = 1
 
 
@@ -63,14 +64,7 @@ def save_model(
         with ocp.StandardCheckpointer() as checkpointer:
             checkpointer.save(staging / VARIABLES_DIR, variables)
             checkpointer.wait_until_finished()
-        description = {
-            "format": FORMAT_VERSION,
-            "kind": kind,
-            "config": config,
-            "num_params": count_params(variables),
-            **(metadata or {}),
-        }
-        (staging / MODEL_FILE).write_text(json.dumps(description, indent=2) + "\n")
+        write_description(staging, kind, config, {"num_params": count_params(variables), **(metadata or {})})
         if directory.exists():
             shutil.rmtree(directory)
         os.replace(staging, directory)
@@ -78,6 +72,16 @@ def save_model(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return directory
+
+
+def write_description(
+    directory: Path, kind: str, config: dict[str, Any], metadata: dict[str, Any] | None = None
+) -> None:
+    """``jsr_model.json``: what ``load_model`` needs to rebuild the module (written atomically)."""
+    description = {**(metadata or {}), "format": FORMAT_VERSION, "kind": kind, "config": config}
+    tmp = directory / f".{MODEL_FILE}.partial"
+    tmp.write_text(json.dumps(description, indent=2, default=float) + "\n")
+    os.replace(tmp, directory / MODEL_FILE)
 
 
 def read_description(directory: str | os.PathLike) -> dict[str, Any]:
@@ -101,13 +105,57 @@ def read_description(directory: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_model(directory: str | os.PathLike) -> tuple[nn.Module, dict]:
-    """``(module, variables)`` such that ``module.apply(variables, x_nhwc)`` runs the saved network (eval mode)."""
+    """``(module, variables)`` such that ``module.apply(variables, x_nhwc)`` runs the saved network (eval mode).
+
+    ``directory`` is a model directory (converted weights, a run's ``best/``) or a training workdir, whose latest
+    checkpoint's generator is loaded.
+    """
     directory = Path(directory).absolute()
     description = read_description(directory)
     module = build_model(description["kind"], description["config"])
     variables_path = directory / VARIABLES_DIR
-    if not variables_path.is_dir():
-        raise ModelFileError(f"{directory} has no {VARIABLES_DIR}/ checkpoint")
     with ocp.StandardCheckpointer() as checkpointer:
-        variables = checkpointer.restore(variables_path)
+        if variables_path.is_dir():
+            variables = checkpointer.restore(variables_path)
+        elif (directory / TRAIN_CHECKPOINTS).is_dir():
+            step = TrainCheckpoints(directory / TRAIN_CHECKPOINTS).latest_step()
+            if step is None:
+                raise ModelFileError(f"training workdir {directory} has no checkpoint yet")
+            state = checkpointer.restore(directory / TRAIN_CHECKPOINTS / str(step) / "state")
+            variables = {"params": state["g_params"], "batch_stats": state["g_batch_stats"]}
+        else:
+            raise ModelFileError(f"{directory} has neither {VARIABLES_DIR}/ nor {TRAIN_CHECKPOINTS}/")
     return module, jax.tree.map(np.asarray, variables)
+
+
+class TrainCheckpoints:
+    """A run's Orbax checkpoints: ``<step>/state`` (the TrainState pytree) and ``<step>/meta`` (JSON: data iterator
+    position, plateau, bookkeeping). Orbax finalises a step by renaming a temporary directory, so a crash mid-save
+    leaves the previous checkpoints untouched."""
+
+    def __init__(self, directory: str | os.PathLike, keep: int = 3):
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+        self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=options, item_names=("state", "meta"))
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, meta: dict, force: bool = False) -> None:
+        if self.manager.latest_step() == step:
+            return
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        self.manager.save(step, args=args, force=force)
+
+    def restore_latest(self, template: Any) -> tuple[Any, dict] | None:
+        """(state shaped and sharded like ``template``, meta) of the latest step, or None for a fresh run."""
+        step = self.manager.latest_step()
+        if step is None:
+            return None
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+        )
+        return restored.state, restored.meta
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()

@@ -73,6 +73,10 @@ class Upscaler:
 
         self._run_jit = jax.jit(run)
 
+    def set_variables(self, variables: Any) -> None:
+        """New weights for the same module (e.g. during training): no recompilation."""
+        self.variables = parallel.put_replicated(variables, self.mesh)
+
     @property
     def window(self) -> int:
         return self.tile + 2 * self.overlap

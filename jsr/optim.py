@@ -57,14 +57,23 @@ def learning_rate_schedule(cfg: ml_collections.ConfigDict) -> optax.Schedule:
 def make_optimizer(
     cfg: ml_collections.ConfigDict, params: Any, trainable: Sequence[str] = ()
 ) -> optax.GradientTransformation:
-    """Adam (AdamW when ``cfg.weight_decay`` > 0) on the trainable leaves; frozen leaves never move."""
+    """``cfg.name``: 'adam' (AdamW when ``cfg.weight_decay`` > 0) or 'sgd' (with ``cfg.momentum``), on the trainable
+    leaves; frozen leaves never move."""
     schedule = learning_rate_schedule(cfg)
-    b1, b2 = float(cfg.get("b1", 0.9)), float(cfg.get("b2", 0.999))
     weight_decay = float(cfg.get("weight_decay", 0.0))
-    if weight_decay > 0:
-        base = optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay)
+    name = cfg.get("name", "adam")
+    if name == "adam":
+        b1, b2 = float(cfg.get("b1", 0.9)), float(cfg.get("b2", 0.999))
+        if weight_decay > 0:
+            base = optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay)
+        else:
+            base = optax.adam(schedule, b1=b1, b2=b2)
+    elif name == "sgd":
+        base = optax.sgd(schedule, momentum=float(cfg.get("momentum", 0.0)) or None)
+        if weight_decay > 0:
+            base = optax.chain(optax.add_decayed_weights(weight_decay), base)
     else:
-        base = optax.adam(schedule, b1=b1, b2=b2)
+        raise ValueError(f"unknown optimizer {name!r}; choose adam or sgd")
     if cfg.get("clip_grad_norm", 0.0):
         base = optax.chain(optax.clip_by_global_norm(float(cfg.clip_grad_norm)), base)
     if not trainable:

@@ -1,0 +1,84 @@
+"""The full set of training config fields with their defaults; every ``configs/*.py`` starts from ``base_config``.
+
+Contract (read by other tools): ``num_train_steps``, ``log_every_steps``, ``eval_every_steps``,
+``checkpoint_every_steps``, ``seed``, ``batch_size`` (global), ``stage`` ('mse' | 'gan'), ``init_from``,
+``model.*``, ``data.*`` (see ``jsr.data.default_data_config``), ``optim.*``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from jsr.data import default_data_config
+
+
+def optimizer_config(learning_rate: float, **overrides) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        {
+            "name": "adam",  # 'adam' | 'sgd'
+            "learning_rate": learning_rate,
+            "momentum": 0.9,  # sgd only
+            "schedule": "constant",  # 'constant' | 'step' (x gamma every step_size) | 'cosine' (over decay_steps)
+            "step_size": 1,
+            "gamma": 1.0,
+            "decay_steps": 1,
+            "b1": 0.9,
+            "b2": 0.999,
+            "weight_decay": 0.0,
+            "clip_grad_norm": 0.0,
+        }
+        | overrides
+    )
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.stage = "mse"  # 'mse': pixel loss only | 'gan': + VGG54 perceptual + adversarial
+    c.num_train_steps = 1000
+    c.batch_size = 16  # global, split over all devices of all processes
+    c.log_every_steps = 50
+    c.eval_every_steps = 500
+    c.checkpoint_every_steps = 500
+    c.keep_checkpoints = 3  # the latest k; the best generator by val PSNR-Y is kept apart in workdir/best
+    c.eval_max_images = 0  # validation images per evaluation (0 = the whole split)
+    c.eval_images = 3  # image rows (LR | bicubic | SR | HR) sent to TensorBoard
+    c.init_from = ""  # a converted model directory or a training workdir: the generator starts from it
+    c.num_devices = 0  # devices of this process to use (0 = all); multi-host runs use all
+    c.compute_dtype = "float32"  # 'bfloat16' on GPU/TPU: parameters stay float32
+    c.distributed = ml_collections.ConfigDict(
+        {"enabled": False, "coordinator_address": "", "num_processes": 0, "process_id": -1}
+    )
+    c.model = ml_collections.ConfigDict({"n_feats": 64, "num_blocks": 16, "bicubic_skip": False})
+    c.discriminator = ml_collections.ConfigDict({"n_feats": 64, "patch_size": 0})  # 0: scale x data.patch_size
+    c.loss = ml_collections.ConfigDict(
+        {
+            "pixel": 1.0,
+            "vgg": 0.006,
+            "vgg_tap": "relu5_4",
+            "adversarial": 1e-3,
+            "tv": 0.0,
+            "vgg_weights": "",  # converted torchvision VGG19 (tools/convert_torch_weights.py --model vgg19)
+            "allow_random_vgg": False,  # tests only: a randomly initialised VGG19 instead of failing
+        }
+    )
+    c.optim = ml_collections.ConfigDict(
+        {
+            "g": optimizer_config(1e-4),
+            "d": optimizer_config(1e-4),
+            "trainable": (),  # regexes over generator parameter paths; () = train everything
+            "freeze_frozen_batch_stats": True,  # frozen layers' BatchNorm use their running statistics
+            "plateau": {
+                "enabled": False,
+                "metric": "val/psnr_y",
+                "mode": "max",
+                "factor": 0.5,
+                "patience": 10,
+                "min_scale": 0.0,
+            },
+            "d_passes": "one",  # 'one' | 'seed': max(5 - epoch // 5, 1) D passes per G step, early in training
+            "steps_per_epoch": 0,  # for 'seed' d_passes
+        }
+    )
+    c.data = default_data_config()
+    return c

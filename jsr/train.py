@@ -1,0 +1,504 @@
+"""``python -m jsr.train --config=configs/X.py --workdir=DIR [--config.field=value ...]``: SRResNet / SRGAN training.
+
+Reads top to bottom: build the mesh, the models and the optimisers; restore the latest checkpoint of ``workdir`` if
+there is one; then loop: (D step, extra D passes early in training) -> G step -> log -> validate -> checkpoint.
+Stages: ``mse`` (pixel loss, SRResNet pre-training) and ``gan`` (G = w_pix MSE + w_vgg VGG54 + w_adv adversarial
+[+ w_tv TV]; D = BCE on logits; D step then G step on the same batch).
+
+Everything that changes during training lives in ``TrainState`` (parameters, BatchNorm statistics, both optimiser
+states, the step, the RNG, the plateau scale) and is checkpointed with the data iterator's position, so a run
+killed at any point resumes from its last checkpoint and ends bit-for-bit where an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from jsr import checkpoints, losses, metrics, parallel
+from jsr import data as jdata
+from jsr.inference import Upscaler
+from jsr.logger import MetricLogger
+from jsr.models import Discriminator, Generator, VGG19Features
+from jsr.optim import Plateau, make_optimizer
+
+STAGES = ("mse", "gan")
+VAL_METRICS = ("val/psnr_y", "val/ssim_y", "val/bicubic_psnr_y", "val/bicubic_ssim_y")
+
+
+class TrainingError(Exception):
+    """A configuration or run problem; the message says what to do."""
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    rng: jax.Array
+    g_params: Any
+    g_batch_stats: Any
+    g_opt_state: Any
+    d_params: Any
+    d_batch_stats: Any
+    d_opt_state: Any
+    lr_scale: jax.Array  # reduce-on-plateau factor on the generator's learning rate (host-managed)
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+
+def compute_dtype(config: ml_collections.ConfigDict):
+    names = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+    if config.compute_dtype not in names:
+        raise TrainingError(f"config.compute_dtype {config.compute_dtype!r}: choose from {sorted(names)}")
+    return names[config.compute_dtype]
+
+
+def generator_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Constructor arguments of the generator (what ``jsr_model.json`` records)."""
+    m = config.model
+    return {
+        "n_feats": m.n_feats,
+        "num_blocks": m.num_blocks,
+        "scale": config.data.scale,
+        "channels": 3,
+        "bicubic_skip": bool(m.get("bicubic_skip", False)),
+    }
+
+
+def discriminator_patch(config: ml_collections.ConfigDict) -> int:
+    if config.data.patch_size:
+        return config.data.scale * config.data.patch_size
+    if not config.discriminator.get("patch_size"):
+        raise TrainingError("whole-image GAN training needs config.discriminator.patch_size (the HR image side)")
+    return config.discriminator.patch_size
+
+
+def load_vgg(config: ml_collections.ConfigDict) -> tuple[VGG19Features, Any]:
+    path = config.loss.get("vgg_weights", "")
+    if path:
+        module, variables = checkpoints.load_model(path)
+        if not isinstance(module, VGG19Features):
+            raise TrainingError(f"config.loss.vgg_weights={path} holds a {type(module).__name__}, not VGG19")
+        return VGG19Features(dtype=compute_dtype(config)), variables
+    if config.loss.get("allow_random_vgg", False):  # tests only: the loss is then meaningless but shaped right
+        module = VGG19Features(dtype=compute_dtype(config))
+        return module, module.init(jax.random.PRNGKey(1), jnp.zeros((1, 32, 32, 3)), taps=(config.loss.vgg_tap,))
+    raise TrainingError(
+        "the gan stage needs VGG19 weights for its perceptual loss, and config.loss.vgg_weights is empty. Convert "
+        "torchvision's vgg19-dcbb9e9d.pth once with `python tools/convert_torch_weights.py --model vgg19 --input "
+        "vgg19-dcbb9e9d.pth --output weights/vgg19`, then pass --config.loss.vgg_weights=weights/vgg19 "
+        "(or set config.loss.vgg=0 to train without it)"
+    )
+
+
+def init_generator_variables(config, generator: Generator, rng) -> dict:
+    p = config.data.patch_size or 16
+    variables = generator.init(rng, jnp.zeros((1, p, p, 3)))
+    if not config.init_from:
+        return variables
+    try:
+        source, loaded = checkpoints.load_model(config.init_from)
+    except checkpoints.ModelFileError as e:
+        raise TrainingError(
+            f"config.init_from: {e}. Convert released weights with tools/convert_torch_weights.py, or point at a "
+            "training workdir"
+        ) from e
+    want = generator_config(config)
+    got = {k: getattr(source, k, None) for k in want}
+    if not isinstance(source, Generator) or got != want:
+        raise TrainingError(
+            f"config.init_from={config.init_from} is a {type(source).__name__} with {got}, but the "
+            f"config asks for {want}: set config.model.* to match"
+        )
+    expected = jax.tree.map(np.shape, variables)
+    if jax.tree.map(np.shape, loaded) != expected:
+        raise TrainingError(f"config.init_from={config.init_from}: variables do not match the generator's shapes")
+    return loaded
+
+
+def initial_state(config, generator, discriminator, tx_g, tx_d) -> TrainState:
+    rng = jax.random.PRNGKey(config.seed)
+    rng, g_key, d_key = jax.random.split(rng, 3)
+    g_vars = init_generator_variables(config, generator, g_key)
+    d_params, d_stats, d_opt = {}, {}, {}
+    if discriminator is not None:
+        side = discriminator.patch_size
+        d_vars = discriminator.init(d_key, jnp.zeros((1, side, side, 3)))
+        d_params, d_stats = d_vars["params"], d_vars["batch_stats"]
+        d_opt = tx_d.init(d_params)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        rng=rng,
+        g_params=g_vars["params"],
+        g_batch_stats=g_vars["batch_stats"],
+        g_opt_state=tx_g.init(g_vars["params"]),
+        d_params=d_params,
+        d_batch_stats=d_stats,
+        d_opt_state=d_opt,
+        lr_scale=jnp.ones((), jnp.float32),
+    )
+
+
+# ------------------------------------------------------------------------------------------------ steps
+
+
+def make_steps(config, generator, discriminator, vgg, tx_g, tx_d, g_bn_train: bool):
+    """The jitted train step ``(state, batch, aug_params) -> (state, metrics)`` and the D-only step."""
+    w = config.loss
+    scale = config.data.scale
+    aug = config.data.augment
+    fill = jnp.asarray(jdata.augment_fill(aug))
+
+    def prepare(rng, batch, aug_params):
+        """uint8 batch -> augmented (lr, hr) in [-1, 1]."""
+        hr, lr = jdata.to_unit(batch["hr"]), jdata.to_unit(batch["lr"])
+        if aug.get("enabled", False):
+            hr, lr = jdata.augment_batch(rng, hr, lr, aug_params, scale=scale, mode=aug.mode, fill=fill)
+        return lr * 2.0 - 1.0, hr * 2.0 - 1.0
+
+    def g_forward(params, batch_stats, lr):
+        variables = {"params": params, "batch_stats": batch_stats}
+        if g_bn_train:
+            sr, updates = generator.apply(variables, lr, train=True, mutable=["batch_stats"])
+            return sr, updates["batch_stats"]
+        return generator.apply(variables, lr, train=False), batch_stats
+
+    def d_apply(params, batch_stats, x):
+        logits, updates = discriminator.apply(
+            {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
+        )
+        return logits, updates["batch_stats"]
+
+    def d_update(state, hr, sr):
+        def loss_fn(params):
+            real, stats = d_apply(params, state.d_batch_stats, hr)
+            fake, stats = d_apply(params, stats, jax.lax.stop_gradient(sr))
+            return losses.discriminator_bce(real, fake), (stats, real, fake)
+
+        (d_loss, (stats, real, fake)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.d_params)
+        updates, opt_state = tx_d.update(grads, state.d_opt_state, state.d_params)
+        params = optax.apply_updates(state.d_params, updates)
+        out = {"d_loss": d_loss, "d_real": jnp.mean(jax.nn.sigmoid(real)), "d_fake": jnp.mean(jax.nn.sigmoid(fake))}
+        return state.replace(d_params=params, d_batch_stats=stats, d_opt_state=opt_state), out
+
+    def sr_loss(sr, hr, state):
+        """Generator loss as a function of its output: pixel, perceptual, adversarial, TV."""
+        parts = {"pixel_mse": losses.pixel_mse(sr, hr)}
+        total = w.pixel * parts["pixel_mse"]
+        if vgg is not None and w.vgg:
+            vgg_module, vgg_vars = vgg
+            taps = (w.vgg_tap,)
+            f_sr = vgg_module.apply(vgg_vars, sr, taps=taps)[w.vgg_tap]
+            f_hr = jax.lax.stop_gradient(vgg_module.apply(vgg_vars, hr, taps=taps)[w.vgg_tap])
+            parts["vgg"] = losses.feature_mse(f_sr, f_hr)
+            total += w.vgg * parts["vgg"]
+        if discriminator is not None and w.adversarial:
+            fake, _ = d_apply(state.d_params, state.d_batch_stats, sr)
+            parts["adversarial"] = losses.generator_adversarial(fake)
+            total += w.adversarial * parts["adversarial"]
+        if w.get("tv", 0.0):
+            parts["tv"] = losses.total_variation(sr)
+            total += w.tv * parts["tv"]
+        return total, parts
+
+    def train_step(state: TrainState, batch, aug_params):
+        rng, aug_rng = jax.random.split(state.rng)
+        lr, hr = prepare(aug_rng, batch, aug_params)
+        # One generator forward serves both updates: D sees its output, G's gradient flows back through a VJP.
+        sr, g_vjp, g_stats = jax.vjp(lambda p: g_forward(p, state.g_batch_stats, lr), state.g_params, has_aux=True)
+        out = {}
+        if discriminator is not None:
+            state, out = d_update(state, hr, sr)
+        (g_loss, parts), d_sr = jax.value_and_grad(sr_loss, has_aux=True)(sr, hr, state)
+        (grads,) = g_vjp(d_sr)
+        updates, opt_state = tx_g.update(grads, state.g_opt_state, state.g_params)
+        updates = jax.tree.map(lambda u: u * state.lr_scale, updates)
+        params = optax.apply_updates(state.g_params, updates)
+        out |= {"g_loss": g_loss, **parts, "psnr_rgb": metrics.psnr((sr + 1) / 2, (hr + 1) / 2, on="rgb").mean()}
+        state = state.replace(
+            step=state.step + 1, rng=rng, g_params=params, g_batch_stats=g_stats, g_opt_state=opt_state
+        )
+        return state, out
+
+    def d_only_step(state: TrainState, batch, aug_params):
+        """An extra discriminator pass on a fresh batch (the seed's early-training schedule)."""
+        rng, aug_rng = jax.random.split(state.rng)
+        lr, hr = prepare(aug_rng, batch, aug_params)
+        sr, _ = g_forward(state.g_params, state.g_batch_stats, lr)
+        state, out = d_update(state, hr, sr)
+        return state.replace(rng=rng), out
+
+    return jax.jit(train_step, donate_argnums=0), jax.jit(d_only_step, donate_argnums=0)
+
+
+def extra_d_passes(config, step: int) -> int:
+    """The seed's schedule: max(5 - epoch // 5, 1) discriminator epochs per generator epoch, i.e. extra passes."""
+    if config.optim.get("d_passes", "one") != "seed":
+        return 0
+    epoch = step // max(1, config.optim.get("steps_per_epoch", 1))
+    return max(5 - epoch // 5, 1) - 1
+
+
+# ------------------------------------------------------------------------------------------------ validation
+
+
+class Validator:
+    """PSNR-Y / SSIM-Y of the generator on the validation split, next to bicubic on the same images."""
+
+    def __init__(self, config, generator: Generator, mesh):
+        source = jdata.make_source(config.data, "validation")
+        limit = config.get("eval_max_images", 0) or len(source)
+        records = [source[i] for i in range(min(limit, len(source)))]
+        if not records:
+            raise TrainingError("the validation split is empty: check config.data")
+        self.scale = config.data.scale
+        self.lr = [r["lr"].astype(np.float32) / 255 for r in records]
+        self.hr = [r["hr"].astype(np.float32) / 255 for r in records]
+        self.ids = [str(r["id"]) for r in records]
+        self.mesh = mesh
+        self.generator = generator.clone(dtype=jnp.float32)
+        self.upscaler: Upscaler | None = None
+        self.bicubic = [np.clip(images_resize(lr, hr.shape[:2]), 0, 1) for lr, hr in zip(self.lr, self.hr, strict=True)]
+        self.baseline = self._scores(self.bicubic)
+
+    @functools.cached_property
+    def _metric_fn(self) -> Callable:
+        border = self.scale
+        return jax.jit(lambda sr, hr: (metrics.psnr(sr, hr, border, "y"), metrics.ssim(sr, hr, border, "y")))
+
+    def _scores(self, outputs: list[np.ndarray]) -> tuple[float, float]:
+        psnrs, ssims = [], []
+        for sr, hr in zip(outputs, self.hr, strict=True):
+            p, s = self._metric_fn(sr[None], hr[None])
+            psnrs.append(float(p[0]))
+            ssims.append(float(s[0]))
+        return float(np.mean(psnrs)), float(np.mean(ssims))
+
+    def __call__(self, state: TrainState) -> tuple[dict[str, float], list[np.ndarray]]:
+        variables = {"params": state.g_params, "batch_stats": state.g_batch_stats}
+        if self.upscaler is None:
+            self.upscaler = Upscaler(self.generator, variables, mesh=self.mesh)
+        else:
+            self.upscaler.set_variables(variables)
+        outputs = self.upscaler.upscale_many(self.lr)
+        psnr_y, ssim_y = self._scores(outputs)
+        scores = {
+            "val/psnr_y": psnr_y,
+            "val/ssim_y": ssim_y,
+            "val/bicubic_psnr_y": self.baseline[0],
+            "val/bicubic_ssim_y": self.baseline[1],
+        }
+        return scores, outputs
+
+    def image_grid(self, outputs: list[np.ndarray], count: int) -> np.ndarray | None:
+        """LR (nearest) | bicubic | SR | HR rows for the first ``count`` images of equal size to the first."""
+        rows = []
+        for lr, bic, sr, hr in list(zip(self.lr, self.bicubic, outputs, self.hr, strict=True))[:count]:
+            if rows and hr.shape != rows[0].shape[:2] + (3,) and hr.shape[0] != rows[0].shape[0]:
+                continue
+            nearest = np.repeat(np.repeat(lr, self.scale, 0), self.scale, 1)
+            rows.append(np.concatenate([nearest, bic, np.clip(sr, 0, 1), hr], axis=1))
+        rows = [r for r in rows if r.shape == rows[0].shape]
+        return np.concatenate(rows, axis=0) if rows else None
+
+
+def images_resize(lr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    from jsr.images import resize
+
+    return resize(lr, size, "bicubic")
+
+
+# ------------------------------------------------------------------------------------------------ the run
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    if config.stage not in STAGES:
+        raise TrainingError(f"config.stage {config.stage!r}: choose from {STAGES}")
+    if config.model.get("scale", config.data.scale) != config.data.scale:
+        raise TrainingError(
+            f"config.model.scale={config.model.scale} differs from config.data.scale="
+            f"{config.data.scale}; set them equal"
+        )
+    for name in ("num_train_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "batch_size"):
+        if config[name] <= 0:
+            raise TrainingError(f"config.{name} must be positive, got {config[name]}")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
+    """Train (or resume) in ``workdir``; returns the final validation metrics."""
+    workdir = Path(workdir).absolute()
+    check_config(config)
+    if config.distributed.get("enabled", False):
+        d = config.distributed
+        parallel.initialize_distributed(
+            d.get("coordinator_address") or None,
+            d.get("num_processes") or None,
+            d.get("process_id") if d.get("process_id", -1) >= 0 else None,
+        )
+    primary = jax.process_index() == 0
+    mesh = parallel.make_mesh(jax.devices()[: config.num_devices] if config.get("num_devices", 0) else None)
+    parallel.check_batch_size(config.batch_size, mesh)
+    dtype = compute_dtype(config)
+
+    # Models and optimisers.
+    generator = Generator(**generator_config(config), dtype=dtype)
+    gan = config.stage == "gan"
+    discriminator = (
+        Discriminator(patch_size=discriminator_patch(config), n_feats=config.discriminator.n_feats, dtype=dtype)
+        if gan and config.loss.adversarial
+        else None
+    )
+    vgg = load_vgg(config) if gan and config.loss.vgg else None
+    trainable = tuple(config.optim.get("trainable", ()))
+    g_bn_train = not (trainable and config.optim.get("freeze_frozen_batch_stats", True))
+    template = generator.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))["params"]
+    tx_g = make_optimizer(config.optim.g, template, trainable)
+    tx_d = make_optimizer(config.optim.d, None) if discriminator is not None else None
+    state = initial_state(config, generator, discriminator, tx_g, tx_d)
+    state = parallel.put_replicated(state, mesh)
+    train_step, d_only_step = make_steps(config, generator, discriminator, vgg, tx_g, tx_d, g_bn_train)
+
+    # Data, checkpoints, logs.
+    train_iter = jdata.make_train_iterator(config.data, config.batch_size, config.seed, mesh)
+    aug_params = parallel.put_batch(
+        jdata.augment_params(config.data.augment, config.batch_size // jax.process_count()), mesh
+    )
+    manager = checkpoints.TrainCheckpoints(workdir / "checkpoints", keep=config.keep_checkpoints)
+    plateau = Plateau.from_config(config.optim.get("plateau"))
+    extra = {"best_psnr_y": -math.inf}
+    restored = manager.restore_latest(state)
+    if restored is not None:
+        state, saved = restored
+        train_iter.set_state(saved["data"])
+        extra = saved["extra"]
+        if plateau is not None and saved.get("plateau"):
+            plateau = Plateau(**saved["plateau"])
+    step = int(state.step)
+    logger = MetricLogger(workdir, enabled=primary, total_steps=config.num_train_steps, resume_step=step)
+    if primary:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+        checkpoints.write_description(
+            workdir, "generator", generator_config(config), {"stage": config.stage, "training_config": "config.json"}
+        )
+        logger.note(
+            f"{'resuming at' if step else 'starting'} step {step}/{config.num_train_steps} on "
+            f"{mesh.devices.size} device(s), stage {config.stage}, workdir {workdir}"
+        )
+    validator = Validator(config, generator, mesh)
+
+    stop = {"signal": None}
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
+
+    def save(step: int, final: bool = False) -> None:
+        loss = pending_metrics[-1]["g_loss"] if pending_metrics else None
+        if loss is not None and not np.isfinite(float(loss)):
+            raise TrainingError(
+                f"the generator loss is {float(loss)} at step {step}; the last good checkpoint "
+                f"(step {manager.latest_step()}) in {workdir / 'checkpoints'} is intact. Lower the "
+                "learning rate or check the data."
+            )
+        manager.save(
+            step,
+            state,
+            {"data": train_iter.get_state(), "extra": extra, "plateau": plateau.state_dict() if plateau else None},
+            force=final,
+        )
+
+    pending_metrics: list[dict] = []
+    scores: dict[str, float] = {}
+    try:
+        while step < config.num_train_steps and stop["signal"] is None:
+            for _ in range(extra_d_passes(config, step) if discriminator is not None else 0):
+                state, _ = d_only_step(state, next(train_iter), aug_params)
+            state, step_metrics = train_step(state, next(train_iter), aug_params)
+            step += 1
+            pending_metrics.append(step_metrics)
+            if step % config.log_every_steps == 0 or step == config.num_train_steps:
+                summary = {k: float(np.mean([m[k] for m in pending_metrics])) for k in pending_metrics[0]}
+                if not all(np.isfinite(v) for v in summary.values()):
+                    bad = {k: v for k, v in summary.items() if not np.isfinite(v)}
+                    raise TrainingError(
+                        f"non-finite training metrics {bad} at step {step}; the last good "
+                        f"checkpoint (step {manager.latest_step()}) in {workdir / 'checkpoints'} "
+                        "is intact. Lower the learning rate or check the data."
+                    )
+                logger.write(step, summary | {"lr_scale": float(state.lr_scale)}, progress=True)
+                pending_metrics = pending_metrics[-1:]
+            if step % config.eval_every_steps == 0 or step == config.num_train_steps:
+                scores, outputs = validator(state)
+                logger.write(step, scores)
+                logger.images(step, "val/lr_bicubic_sr_hr", validator.image_grid(outputs, config.get("eval_images", 3)))
+                if plateau is not None:
+                    state = state.replace(
+                        lr_scale=jnp.asarray(plateau.update(scores[plateau_metric(config)]), jnp.float32)
+                    )
+                if scores["val/psnr_y"] > extra["best_psnr_y"]:
+                    extra = extra | {"best_psnr_y": scores["val/psnr_y"], "best_step": step}
+                    if primary and jax.process_count() == 1:
+                        checkpoints.save_model(
+                            workdir / "best",
+                            "generator",
+                            generator_config(config),
+                            jax.device_get({"params": state.g_params, "batch_stats": state.g_batch_stats}),
+                            metadata={"step": step, **scores},
+                            overwrite=True,
+                        )
+            if step % config.checkpoint_every_steps == 0:
+                save(step)
+        if stop["signal"] is not None:
+            logger.note(f"received signal {stop['signal']}: saving step {step} and stopping")
+        save(step, final=True)
+        manager.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        train_iter.close()
+        logger.close()
+    if stop["signal"] is None and not scores:  # resumed a finished run: nothing was evaluated in the loop
+        scores = validator(state)[0]
+    if scores and primary:
+        logger.note("final: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+    return scores
+
+
+def plateau_metric(config) -> str:
+    return config.optim.plateau.get("metric", "val/psnr_y")
+
+
+# ------------------------------------------------------------------------------------------------ entry point
+
+
+def main(argv=None) -> None:
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    flags.DEFINE_string("workdir", None, "directory for checkpoints, logs and the config (resumes if present)")
+    config_flags.DEFINE_config_file("config", None, "a configs/*.py file", lock_config=True)
+    flags.mark_flags_as_required(["config", "workdir"])
+
+    def run(_):
+        from absl import logging
+
+        if not flags.FLAGS["verbosity"].present:  # Orbax logs every save at INFO; keep the console readable
+            logging.set_verbosity(logging.WARNING)
+        try:
+            train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+        except TrainingError as e:
+            raise SystemExit(f"error: {e}") from None
+
+    app.run(run, argv=argv)
+
+
+if __name__ == "__main__":
+    main()
