@@ -116,16 +116,26 @@ def load_model(directory: str | os.PathLike) -> tuple[nn.Module, dict]:
     variables_path = directory / VARIABLES_DIR
     with ocp.StandardCheckpointer() as checkpointer:
         if variables_path.is_dir():
-            variables = checkpointer.restore(variables_path)
+            variables = restore_on_host(checkpointer, variables_path)
         elif (directory / TRAIN_CHECKPOINTS).is_dir():
             step = TrainCheckpoints(directory / TRAIN_CHECKPOINTS).latest_step()
             if step is None:
                 raise ModelFileError(f"training workdir {directory} has no checkpoint yet")
-            state = checkpointer.restore(directory / TRAIN_CHECKPOINTS / str(step) / "state")
+            state = restore_on_host(checkpointer, directory / TRAIN_CHECKPOINTS / str(step) / "state")
             variables = {"params": state["g_params"], "batch_stats": state["g_batch_stats"]}
         else:
             raise ModelFileError(f"{directory} has neither {VARIABLES_DIR}/ nor {TRAIN_CHECKPOINTS}/")
     return module, jax.tree.map(np.asarray, variables)
+
+
+def restore_on_host(checkpointer: ocp.StandardCheckpointer, path: Path) -> Any:
+    """Restore a pytree onto this process's first device, whatever devices (or processes) saved it."""
+    metadata = checkpointer.metadata(path)
+    tree = getattr(metadata, "item_metadata", metadata)
+    tree = getattr(tree, "tree", tree)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
+    return checkpointer.restore(path, target)
 
 
 class TrainCheckpoints:

@@ -256,7 +256,7 @@ def extra_d_passes(config, step: int) -> int:
 class Validator:
     """PSNR-Y / SSIM-Y of the generator on the validation split, next to bicubic on the same images."""
 
-    def __init__(self, config, generator: Generator, mesh):
+    def __init__(self, config, generator: Generator):
         source = jdata.make_source(config.data, "validation")
         limit = config.get("eval_max_images", 0) or len(source)
         records = [source[i] for i in range(min(limit, len(source)))]
@@ -266,7 +266,7 @@ class Validator:
         self.lr = [r["lr"].astype(np.float32) / 255 for r in records]
         self.hr = [r["hr"].astype(np.float32) / 255 for r in records]
         self.ids = [str(r["id"]) for r in records]
-        self.mesh = mesh
+        self.mesh = parallel.make_mesh(jax.local_devices())  # every process validates on its own devices
         self.generator = generator.clone(dtype=jnp.float32)
         self.upscaler: Upscaler | None = None
         self.bicubic = [np.clip(images_resize(lr, hr.shape[:2]), 0, 1) for lr, hr in zip(self.lr, self.hr, strict=True)]
@@ -286,7 +286,7 @@ class Validator:
         return float(np.mean(psnrs)), float(np.mean(ssims))
 
     def __call__(self, state: TrainState) -> tuple[dict[str, float], list[np.ndarray]]:
-        variables = {"params": state.g_params, "batch_stats": state.g_batch_stats}
+        variables = parallel.local_copy({"params": state.g_params, "batch_stats": state.g_batch_stats})
         if self.upscaler is None:
             self.upscaler = Upscaler(self.generator, variables, mesh=self.mesh)
         else:
@@ -396,17 +396,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             f"{'resuming at' if step else 'starting'} step {step}/{config.num_train_steps} on "
             f"{mesh.devices.size} device(s), stage {config.stage}, workdir {workdir}"
         )
-    validator = Validator(config, generator, mesh)
+    validator = Validator(config, generator)
 
     stop = {"signal": None}
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
 
     def save(step: int, final: bool = False) -> None:
-        loss = pending_metrics[-1]["g_loss"] if pending_metrics else None
-        if loss is not None and not np.isfinite(float(loss)):
+        # The loss of step k is computed before update k: only the parameters themselves prove a state is good.
+        if not bool(all_finite((state.g_params, state.d_params))):
             raise TrainingError(
-                f"the generator loss is {float(loss)} at step {step}; the last good checkpoint "
-                f"(step {manager.latest_step()}) in {workdir / 'checkpoints'} is intact. Lower the "
+                f"parameters became non-finite by step {step}; the last good checkpoint (step "
+                f"{manager.latest_step()}) in {workdir / 'checkpoints'} is intact. Lower the "
                 "learning rate or check the data."
             )
         manager.save(
@@ -460,8 +460,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         if stop["signal"] is not None:
             logger.note(f"received signal {stop['signal']}: saving step {step} and stopping")
         save(step, final=True)
-        manager.wait()
     finally:
+        manager.wait()  # an in-flight save completes (or fails) before anyone reads the directory
         signal.signal(signal.SIGTERM, previous)
         train_iter.close()
         logger.close()
@@ -470,6 +470,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     if scores and primary:
         logger.note("final: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
     return scores
+
+
+@jax.jit
+def all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 def plateau_metric(config) -> str:

@@ -44,15 +44,6 @@ def make_generator_dir(directory: Path, seed: int = 0, **config) -> tuple[Genera
     """A random generator saved as a model directory (as the converter or trainer would write it)."""
     module = Generator(**config)
     variables = random_generator_variables(module, seed)
-    save_model(
-        directory,
-        "generator",
-        {
-            "n_feats": module.n_feats,
-            "num_blocks": module.num_blocks,
-            "scale": module.scale,
-            "channels": module.channels,
-        },
-        variables,
-    )
+    names = ("n_feats", "num_blocks", "scale", "channels", "bicubic_skip")
+    save_model(directory, "generator", {name: getattr(module, name) for name in names}, variables)
     return module, variables

@@ -96,16 +96,22 @@ def test_one_epoch_sees_every_record_once_in_a_shuffled_order():
     assert list(first_epoch) != list(range(8)) and list(first_epoch) != list(second_epoch)
 
 
-def test_process_shards_are_disjoint_and_equal():
+def test_processes_split_each_global_batch_into_disjoint_rows():
     source = tagged_source(n=9)
-    seen = []
-    for index in range(2):
+
+    def first_batches(shard, batch):
         ds = pipeline.train_dataset(
-            source, batch_size=4, seed=0, patch_size=0, scale=SCALE, shard=(index, 2), num_threads=1
+            source, batch_size=batch, seed=0, patch_size=0, scale=SCALE, shard=shard, num_threads=1
         )
-        seen.append(set(next(iter(ds))["hr"][:, 0, 0, 0].tolist()))
-    assert len(seen[0]) == len(seen[1]) == 4  # 9 // 2 records each, the 9th dropped
-    assert not seen[0] & seen[1]
+        it = iter(ds)
+        return [next(it)["hr"][:, 0, 0, 0].tolist() for _ in range(3)]
+
+    single = first_batches((0, 1), 4)
+    halves = [first_batches((index, 2), 2) for index in range(2)]
+    for step in range(3):
+        # process 0 holds the first half of the global batch, process 1 the second: the same global batch
+        assert halves[0][step] + halves[1][step] == single[step]
+        assert not set(halves[0][step]) & set(halves[1][step])
 
 
 def test_whole_images_of_different_sizes_fail_with_advice():

@@ -1,10 +1,11 @@
 """Grain pipeline: a random-access source -> shuffled, cropped, batched host arrays -> sharded global arrays.
 
-Training (``train_dataset`` + ``DeviceIterator``): this process's shard of the source (``ShardByJaxProcess``),
-shuffled per epoch from the seed, repeated forever, an aligned random crop per record whose RNG is seeded by the
-seed and the record's position (so batches are a pure function of (seed, step) and the iterator state is just a
-position), decoded by prefetch threads (and optionally worker processes), batched on the host and placed with the
-batch sharding, a few batches ahead. Batches are ``{"hr": uint8 (B, s*p, s*p, 3), "lr": uint8 (B, p, p, 3)}``.
+Training (``train_dataset`` + ``DeviceIterator``): the whole source shuffled per epoch from the seed, repeated
+forever, an aligned random crop per record whose RNG is seeded by the seed and the record's position, and of each
+global batch this process's rows (``GlobalRows``; so batches are a pure function of (seed, step) whatever the
+process count, and the iterator state is just a position), decoded by prefetch threads (and optionally worker
+processes), batched on the host and placed with the batch sharding, a few batches ahead. Batches are
+``{"hr": uint8 (B, s*p, s*p, 3), "lr": uint8 (B, p, p, 3)}``.
 
 Evaluation (``eval_batches``): every record of the split once, in order, whole or centre-cropped, padded to full
 batches with a ``mask`` (1 = real example, 0 = padding).
@@ -78,12 +79,20 @@ def stack(examples: Sequence[dict]) -> dict:
     return {k: np.stack([e[k] for e in examples]) for k in ("hr", "lr")}
 
 
-def shard_of(length: int, shard_index: int, shard_count: int) -> slice:
-    """Equal-size strided shard (the remainder is dropped so every process runs the same number of steps)."""
-    per_shard = length // shard_count
-    if per_shard == 0:
-        raise ValueError(f"{length} records cannot be split over {shard_count} processes")
-    return slice(shard_index, per_shard * shard_count, shard_count)
+class GlobalRows:
+    """Index ``j`` of this process's stream -> its row of the GLOBAL stream.
+
+    Every process walks the same shuffled, cropped global stream and takes rows [index * b, (index + 1) * b) of each
+    global batch of ``count * b``; so the global batch, and the training result, do not depend on how many
+    processes share the work. (A class, not a lambda, so that Grain worker processes can pickle it.)
+    """
+
+    def __init__(self, stream: grain.MapDataset, batch_size: int, index: int, count: int):
+        self.stream, self.batch_size, self.index, self.count = stream, batch_size, index, count
+
+    def __call__(self, j: int) -> dict:
+        b = self.batch_size
+        return self.stream[(j // b) * b * self.count + self.index * b + j % b]
 
 
 def process_shard() -> tuple[int, int]:
@@ -104,11 +113,10 @@ def train_dataset(
     num_workers: int = 0,
 ) -> grain.IterDataset:
     """Infinite host dataset of ``batch_size`` (this process's part of the global batch) uint8 examples."""
-    ds = grain.MapDataset.source(source)
-    ds = ds[shard_of(len(ds), *shard)]
-    ds = ds.shuffle(seed=seed).repeat(None)
-    # seed + 1: the crops must not share the shuffle's random stream.
-    ds = ds.random_map(RandomCrop(patch_size, scale), seed=(seed + 1) % 2**32)
+    stream = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
+    # seed + 1: the crops must not share the shuffle's random stream; crops are seeded by global position.
+    stream = stream.random_map(RandomCrop(patch_size, scale), seed=(seed + 1) % 2**32)
+    ds = grain.MapDataset.range(0, len(stream)).map(GlobalRows(stream, batch_size, *shard))
     read = grain.ReadOptions(
         num_threads=max(1, num_threads), prefetch_buffer_size=max(1, prefetch_batches) * batch_size
     )
