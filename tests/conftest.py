@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))  # tests/ helpers such as torch_reference
 
 
+@pytest.hookimpl(trylast=True)  # after -m / -k deselection, so `-m "not torch"` really runs without torch
 def pytest_collection_modifyitems(config, items):
     # A test that needs torch must run or fail, never skip silently: deselect explicitly with -m "not torch".
     needs_torch = [item.nodeid for item in items if item.get_closest_marker("torch")]
