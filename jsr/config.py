@@ -7,6 +7,9 @@ Contract (read by other tools): ``num_train_steps``, ``log_every_steps``, ``eval
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import ml_collections
 
 from jsr.data import default_data_config
@@ -82,3 +85,14 @@ def base_config() -> ml_collections.ConfigDict:
     )
     c.data = default_data_config()
     return c
+
+
+def load_config_file(path: str | Path, variant: str = "") -> ml_collections.ConfigDict:
+    """``get_config(variant)`` of a config file, as ``--config=path:variant`` would load it."""
+    path = Path(path)
+    spec = importlib.util.spec_from_file_location(f"jsr_config_{path.stem}", path)
+    if spec is None or not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(variant) if variant else module.get_config()

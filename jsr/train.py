@@ -370,7 +370,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     train_step, d_only_step = make_steps(config, generator, discriminator, vgg, tx_g, tx_d, g_bn_train)
 
     # Data, checkpoints, logs.
-    train_iter = jdata.make_train_iterator(config.data, config.batch_size, config.seed, mesh)
+    try:
+        train_iter = jdata.make_train_iterator(config.data, config.batch_size, config.seed, mesh)
+        validator = Validator(config, generator)
+    except (FileNotFoundError, ValueError) as e:  # missing / unprepared data set, bad files, bad data fields
+        raise TrainingError(f"config.data: {e}") from e
     aug_params = parallel.put_batch(
         jdata.augment_params(config.data.augment, config.batch_size // jax.process_count()), mesh
     )
@@ -396,7 +400,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             f"{'resuming at' if step else 'starting'} step {step}/{config.num_train_steps} on "
             f"{mesh.devices.size} device(s), stage {config.stage}, workdir {workdir}"
         )
-    validator = Validator(config, generator)
 
     stop = {"signal": None}
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))

@@ -1,6 +1,5 @@
 """The real trainer on the tiny quickstart config: CLI, devices, processes, resume, signals, GAN, errors."""
 
-import importlib.util
 import json
 import os
 import signal
@@ -15,14 +14,12 @@ import pytest
 from helpers import make_generator_dir
 
 from jsr.checkpoints import load_model
+from jsr.config import load_config_file
 from jsr.train import TrainingError, train_and_evaluate
 
 
 def load_config(repo_root, name="quickstart", variant="tiny"):
-    spec = importlib.util.spec_from_file_location(name, repo_root / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant)
+    return load_config_file(repo_root / "configs" / f"{name}.py", variant)
 
 
 def train_cli(repo_root, workdir, *overrides, env=None, wait=True):
