@@ -5,7 +5,7 @@ random flips and transposes, Adam 1e-4, ~400k iterations (the source's 8000 epoc
     python -m jsr.train --config=configs/div2k_srresnet.py --workdir=runs/srresnet
 """
 
-from jsr.config import base_config
+from jsr.config import base_config, shrink
 
 
 def get_config(variant: str = ""):
@@ -27,15 +27,7 @@ def get_config(variant: str = ""):
     c.eval_max_images = 20
     c.optim.g.learning_rate = 1e-4
     if variant == "tiny":
-        c.model.n_feats = 8
-        c.model.num_blocks = 2
-        c.data.patch_size = 8
-        c.batch_size = 4
-        c.num_train_steps = 3
-        c.log_every_steps = 1
-        c.eval_every_steps = 3
-        c.checkpoint_every_steps = 3
-        c.eval_max_images = 1
+        shrink(c)
     elif variant:
         raise ValueError(f"unknown variant {variant!r}; use '' or 'tiny'")
     return c

@@ -14,7 +14,7 @@ watched validation VGG54; PSNR-Y needs no VGG pass at validation time).
 `configs/pokemon.py:tiny` is the same recipe shrunk for tests (random init, small crops, a few steps).
 """
 
-from jsr.config import base_config
+from jsr.config import base_config, shrink
 from jsr.data.augment import SEED_RECIPE
 
 TRAIN_IMAGES = 485  # ids 1..809, 60% by id
@@ -60,16 +60,8 @@ def get_config(variant: str = ""):
         c.init_from = ""
         c.loss.vgg_weights = ""
         c.loss.allow_random_vgg = True
-        c.model.n_feats = 8
-        c.model.num_blocks = 2
-        c.data.patch_size = 8
-        c.discriminator.patch_size = 0
-        c.batch_size = 4
-        c.num_train_steps = 3
-        c.log_every_steps = 1
-        c.eval_every_steps = 3
-        c.checkpoint_every_steps = 3
-        c.eval_max_images = 2
+        shrink(c, eval_images=2)
+        c.discriminator.patch_size = 0  # scale x patch
         c.optim.steps_per_epoch = 2
     elif variant:
         raise ValueError(f"unknown variant {variant!r}; use '' or 'tiny'")

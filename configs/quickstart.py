@@ -5,7 +5,7 @@ crops of 24 px. `python -m jsr.train --config=configs/quickstart.py --workdir=ru
 The `tiny` variant (`--config=configs/quickstart.py:tiny`) is what the tests run.
 """
 
-from jsr.config import base_config
+from jsr.config import base_config, shrink
 
 
 def get_config(variant: str = ""):
@@ -25,15 +25,10 @@ def get_config(variant: str = ""):
     c.optim.g.schedule = "cosine"
     c.optim.g.decay_steps = c.num_train_steps
     if variant == "tiny":
-        c.model.n_feats = 8
-        c.model.num_blocks = 2
-        c.data.patch_size = 8
-        c.batch_size = 8
-        c.num_train_steps = 6
+        shrink(c, steps=6, batch_size=8)
         c.log_every_steps = 2
         c.eval_every_steps = 3
         c.checkpoint_every_steps = 2
-        c.eval_max_images = 1
         c.optim.g.decay_steps = c.num_train_steps
     elif variant:
         raise ValueError(f"unknown variant {variant!r}; use '' or 'tiny'")

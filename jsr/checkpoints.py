@@ -104,14 +104,17 @@ def read_description(directory: str | os.PathLike) -> dict[str, Any]:
     return description
 
 
-def load_model(directory: str | os.PathLike) -> tuple[nn.Module, dict]:
+def load_model(directory: str | os.PathLike, expect: str | None = None) -> tuple[nn.Module, dict]:
     """``(module, variables)`` such that ``module.apply(variables, x_nhwc)`` runs the saved network (eval mode).
 
     ``directory`` is a model directory (converted weights, a run's ``best/``) or a training workdir, whose latest
-    checkpoint's generator is loaded.
+    checkpoint's generator is loaded. ``expect`` ('generator', 'discriminator', 'vgg19') refuses any other kind
+    before reading the weights.
     """
     directory = Path(directory).absolute()
     description = read_description(directory)
+    if expect is not None and description["kind"] != expect:
+        raise ModelFileError(f"{directory} holds a {description['kind']}, not a {expect}")
     module = build_model(description["kind"], description["config"])
     variables_path = directory / VARIABLES_DIR
     with ocp.StandardCheckpointer() as checkpointer:

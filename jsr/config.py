@@ -87,6 +87,21 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def shrink(c: ml_collections.ConfigDict, *, steps: int = 3, batch_size: int = 4, eval_images: int = 1):
+    """A config's `tiny` variant (big_vision's runlocal idea): the same code paths at test sizes, every
+    stage of the loop (log, validate, checkpoint) reached within ``steps``."""
+    c.model.n_feats = 8
+    c.model.num_blocks = 2
+    c.data.patch_size = 8
+    c.batch_size = batch_size
+    c.num_train_steps = steps
+    c.log_every_steps = 1
+    c.eval_every_steps = steps
+    c.checkpoint_every_steps = steps
+    c.eval_max_images = eval_images
+    return c
+
+
 def load_config_file(path: str | Path, variant: str = "") -> ml_collections.ConfigDict:
     """``get_config(variant)`` of a config file, as ``--config=path:variant`` would load it."""
     path = Path(path)

@@ -217,14 +217,11 @@ def baseline(method: str) -> Method:
 def model_method(name: str, directory: str, scale: int, mesh) -> Method:
     from jsr.checkpoints import ModelFileError, load_model
     from jsr.inference import Upscaler
-    from jsr.models import Generator
 
     try:
-        module, variables = load_model(directory)
+        module, variables = load_model(directory, expect="generator")
     except ModelFileError as e:
         raise EvaluationError(f"--model {name}={directory}: {e}") from e
-    if not isinstance(module, Generator):
-        raise EvaluationError(f"--model {name}={directory} holds a {type(module).__name__}, not a generator")
     if module.scale != scale:
         raise EvaluationError(f"--model {name}={directory} upscales x{module.scale}, the data set is x{scale}")
     upscaler = Upscaler(module, variables, mesh=mesh)
@@ -297,15 +294,11 @@ def load_vgg(directory: str | None):
         )
         return None
     from jsr.checkpoints import ModelFileError, load_model
-    from jsr.models import VGG19Features
 
     try:
-        module, variables = load_model(directory)
+        return load_model(directory, expect="vgg19")
     except ModelFileError as e:
         raise EvaluationError(f"--vgg {directory}: {e}") from e
-    if not isinstance(module, VGG19Features):
-        raise EvaluationError(f"--vgg {directory} holds a {type(module).__name__}, not VGG19 features")
-    return module, variables
 
 
 # ----------------------------------------------------------------------------------------------- metrics

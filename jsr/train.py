@@ -87,9 +87,10 @@ def discriminator_patch(config: ml_collections.ConfigDict) -> int:
 def load_vgg(config: ml_collections.ConfigDict) -> tuple[VGG19Features, Any]:
     path = config.loss.get("vgg_weights", "")
     if path:
-        module, variables = checkpoints.load_model(path)
-        if not isinstance(module, VGG19Features):
-            raise TrainingError(f"config.loss.vgg_weights={path} holds a {type(module).__name__}, not VGG19")
+        try:
+            _, variables = checkpoints.load_model(path, expect="vgg19")
+        except checkpoints.ModelFileError as e:
+            raise TrainingError(f"config.loss.vgg_weights: {e}") from e
         return VGG19Features(dtype=compute_dtype(config)), variables
     if config.loss.get("allow_random_vgg", False):  # tests only: the loss is then meaningless but shaped right
         module = VGG19Features(dtype=compute_dtype(config))
@@ -108,7 +109,7 @@ def init_generator_variables(config, generator: Generator, rng) -> dict:
     if not config.init_from:
         return variables
     try:
-        source, loaded = checkpoints.load_model(config.init_from)
+        source, loaded = checkpoints.load_model(config.init_from, expect="generator")
     except checkpoints.ModelFileError as e:
         raise TrainingError(
             f"config.init_from: {e}. Convert released weights with tools/convert_torch_weights.py, or point at a "
@@ -116,9 +117,9 @@ def init_generator_variables(config, generator: Generator, rng) -> dict:
         ) from e
     want = generator_config(config)
     got = {k: getattr(source, k, None) for k in want}
-    if not isinstance(source, Generator) or got != want:
+    if got != want:
         raise TrainingError(
-            f"config.init_from={config.init_from} is a {type(source).__name__} with {got}, but the "
+            f"config.init_from={config.init_from} is a generator with {got}, but the "
             f"config asks for {want}: set config.model.* to match"
         )
     expected = jax.tree.map(np.shape, variables)

@@ -122,15 +122,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from jsr.checkpoints import ModelFileError, load_model
     from jsr.inference import Upscaler
-    from jsr.models import Generator
 
     try:
-        module, variables = load_model(args.weights)
+        module, variables = load_model(args.weights, expect="generator")
     except ModelFileError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    if not isinstance(module, Generator):
-        print(f"error: {args.weights} holds a {type(module).__name__}, not a generator", file=sys.stderr)
         return 2
     upscaler = Upscaler(module, variables, tile=args.tile, overlap=args.overlap, force_tiles=args.tile is not None)
     if not upscaler.exact:

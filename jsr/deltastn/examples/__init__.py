@@ -1,0 +1,1 @@
+"""Proofs that jsr.deltastn is right: ``python -m jsr.deltastn.examples.ridge --json`` and ``... .digits``."""
