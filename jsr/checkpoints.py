@@ -125,10 +125,18 @@ def load_model(directory: str | os.PathLike, expect: str | None = None) -> tuple
             if step is None:
                 raise ModelFileError(f"training workdir {directory} has no checkpoint yet")
             state = restore_on_host(checkpointer, directory / TRAIN_CHECKPOINTS / str(step) / "state")
-            variables = {"params": state["g_params"], "batch_stats": state["g_batch_stats"]}
+            # where the trainer keeps the generator inside its state ("a/b" = state["a"]["b"])
+            where = description.get("generator_in_state", {"params": "g_params", "batch_stats": "g_batch_stats"})
+            variables = {name: _lookup(state, path) for name, path in where.items()}
         else:
             raise ModelFileError(f"{directory} has neither {VARIABLES_DIR}/ nor {TRAIN_CHECKPOINTS}/")
     return module, jax.tree.map(np.asarray, variables)
+
+
+def _lookup(tree: Any, path: str) -> Any:
+    for key in path.split("/"):
+        tree = tree[key]
+    return tree
 
 
 def restore_on_host(checkpointer: ocp.StandardCheckpointer, path: Path) -> Any:

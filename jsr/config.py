@@ -84,6 +84,20 @@ def base_config() -> ml_collections.ConfigDict:
         }
     )
     c.data = default_data_config()
+    c.deltastn = ml_collections.ConfigDict(
+        {
+            "enabled": False,  # Delta-STN tunes the hyperparameters below during training (stage mse)
+            "hypers": {},  # name -> (low, high, init); high None = positive. See jsr/deltastn/sr.py for names.
+            "warmup_steps": 100,  # weight steps before the first hyper step
+            "weight_steps_per_hyper": 5,
+            "tau": 1e-3,  # entropy weight
+            "init_sigma": 1.0,  # perturbation std, unconstrained units
+            "response_lr": 1e-4,  # Adam on R, r_b, V
+            "hyper_lr": 1e-2,  # RMSprop on u and on the scales, as the authors
+            "scale_lr": 1e-2,
+            "val_batch_size": 0,  # 0 = batch_size
+        }
+    )
     return c
 
 

@@ -8,6 +8,7 @@ visible. The LR input is enlarged with nearest neighbour to the HR size, so it l
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -82,3 +83,42 @@ def comparison_figure(
         box = (GAP + x * f, top + y * f, GAP + (x + size) * f - 1, top + (y + size) * f - 1)
         draw.rectangle(box, outline=ZOOM_COLOUR, width=2)
     return np.asarray(canvas)
+
+
+def line_plots(
+    series: dict[str, tuple[list[float], list[float]]], path, title: str = "", panel: tuple[int, int] = (560, 140)
+) -> Path:
+    """One small line chart per name (x = step), stacked; Pillow only. Written atomically as PNG; returns the path."""
+
+    from jsr.images import write_png
+
+    width, height = panel
+    margin, top = 70, 24 if title else 0
+    canvas = Image.new("RGB", (width, top + height * max(1, len(series))), "white")
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    if title:
+        draw.text((margin, 6), title, fill="black", font=font)
+    for k, (name, (xs, ys)) in enumerate(series.items()):
+        y0 = top + k * height
+        box = (margin, y0 + 18, width - 12, y0 + height - 18)  # plot area
+        draw.rectangle(box, outline=(160, 160, 160))
+        draw.text((margin, y0 + 4), name, fill="black", font=font)
+        if not xs:
+            continue
+        lo, hi = min(ys), max(ys)
+        hi = hi if hi > lo else lo + 1e-12
+        x_lo, x_hi = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+        points = [
+            (box[0] + (x - x_lo) / (x_hi - x_lo) * (box[2] - box[0]), box[3] - (y - lo) / (hi - lo) * (box[3] - box[1]))
+            for x, y in zip(xs, ys, strict=True)
+        ]
+        if len(points) > 1:
+            draw.line(points, fill=(31, 119, 180), width=2)
+        else:
+            draw.ellipse([points[0][0] - 2, points[0][1] - 2, points[0][0] + 2, points[0][1] + 2], fill=(31, 119, 180))
+        draw.text((4, box[1] - 4), f"{hi:.4g}", fill="black", font=font)
+        draw.text((4, box[3] - 8), f"{lo:.4g}", fill="black", font=font)
+        draw.text((box[0], box[3] + 3), f"step {x_lo:g}", fill="black", font=font)
+        draw.text((box[2] - 60, box[3] + 3), f"step {x_hi:g}", fill="black", font=font)
+    return write_png(Path(path), np.asarray(canvas))

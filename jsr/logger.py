@@ -56,7 +56,7 @@ class MetricLogger:
             rate = (step - then[1]) / max(now - then[0], 1e-9)
             self._clock = (now, step)
             eta = (self.total_steps - step) / rate if rate > 0 else 0
-            loss = scalars.get("g_loss", float("nan"))
+            loss = scalars.get("g_loss", scalars.get("general_loss", float("nan")))
             self.note(
                 f"step {step}/{self.total_steps} | loss {loss:.5f} | {rate:.2f} steps/s | ETA {format_duration(eta)}"
             )
@@ -75,3 +75,17 @@ class MetricLogger:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def read_series(workdir: Path, prefix: str = "") -> dict[str, tuple[list[float], list[float]]]:
+    """{name: (steps, values)} of every scalar in ``metrics.jsonl`` whose name starts with ``prefix``."""
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    path = Path(workdir) / METRICS_FILE
+    for line in path.read_text().splitlines() if path.exists() else []:
+        record = json.loads(line)
+        for name, value in record.items():
+            if name.startswith(prefix) and name != "step":
+                steps, values = series.setdefault(name, ([], []))
+                steps.append(record["step"])
+                values.append(value)
+    return series

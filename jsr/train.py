@@ -12,6 +12,7 @@ killed at any point resumes from its last checkpoint and ends bit-for-bit where 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import signal
@@ -286,8 +287,9 @@ class Validator:
             ssims.append(float(s[0]))
         return float(np.mean(psnrs)), float(np.mean(ssims))
 
-    def __call__(self, state: TrainState) -> tuple[dict[str, float], list[np.ndarray]]:
-        variables = parallel.local_copy({"params": state.g_params, "batch_stats": state.g_batch_stats})
+    def __call__(self, variables: dict) -> tuple[dict[str, float], list[np.ndarray]]:
+        """Scores of the generator with ``variables`` (replicated, possibly multi-process arrays)."""
+        variables = parallel.local_copy(variables)
         if self.upscaler is None:
             self.upscaler = Upscaler(self.generator, variables, mesh=self.mesh)
         else:
@@ -336,6 +338,112 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             raise TrainingError(f"config.{name} must be positive, got {config[name]}")
 
 
+@dataclasses.dataclass
+class Method:
+    """A training method as the loop sees it: its state, one step, and what validation / checkpoints need."""
+
+    state: Any
+    advance: Callable[[Any, int], tuple[Any, dict]]  # (state, steps done) -> (state, device metrics)
+    iterators: dict[str, Any]  # data iterators whose positions are checkpointed
+    generator_variables: Callable[[Any], dict]  # {"params", "batch_stats"} of the generator
+    trained_params: Callable[[Any], Any]  # checked for finiteness before every save
+    generator_in_state: dict[str, str]  # where load_model(workdir) finds them in a checkpoint ("a/b")
+    host_scalars: Callable[[Any], dict] = lambda state: {}  # extra scalars at log points
+    after_validation: Callable[[Any, dict], Any] = lambda state, scores: state
+    plateau: Plateau | None = None
+
+
+def standard_method(config, mesh, generator: Generator, train_iter) -> Method:
+    """SRResNet (mse) / SRGAN (gan) training with TrainState and the jitted steps of ``make_steps``."""
+    dtype = compute_dtype(config)
+    discriminator = None
+    if config.stage == "gan" and config.loss.adversarial:
+        discriminator = Discriminator(
+            patch_size=discriminator_patch(config), n_feats=config.discriminator.n_feats, dtype=dtype
+        )
+    vgg = load_vgg(config) if config.stage == "gan" and config.loss.vgg else None
+    trainable = tuple(config.optim.get("trainable", ()))
+    g_bn_train = not (trainable and config.optim.get("freeze_frozen_batch_stats", True))
+    template = generator.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))["params"]
+    tx_g = make_optimizer(config.optim.g, template, trainable)
+    tx_d = make_optimizer(config.optim.d, None) if discriminator is not None else None
+    state = parallel.put_replicated(initial_state(config, generator, discriminator, tx_g, tx_d), mesh)
+    train_step, d_only_step = make_steps(config, generator, discriminator, vgg, tx_g, tx_d, g_bn_train)
+    aug_params = parallel.put_batch(
+        jdata.augment_params(config.data.augment, config.batch_size // jax.process_count()), mesh
+    )
+    plateau = Plateau.from_config(config.optim.get("plateau"))
+
+    def advance(state, step):
+        for _ in range(extra_d_passes(config, step) if discriminator is not None else 0):
+            state, _ = d_only_step(state, next(train_iter), aug_params)
+        return train_step(state, next(train_iter), aug_params)
+
+    def after_validation(state, scores):
+        if method.plateau is None:
+            return state
+        scale = method.plateau.update(scores[config.optim.plateau.get("metric", "val/psnr_y")])
+        return state.replace(lr_scale=jnp.asarray(scale, jnp.float32))
+
+    method = Method(
+        state=state,
+        advance=advance,
+        iterators={"train": train_iter},
+        generator_variables=lambda st: {"params": st.g_params, "batch_stats": st.g_batch_stats},
+        generator_in_state={"params": "g_params", "batch_stats": "g_batch_stats"},
+        trained_params=lambda st: (st.g_params, st.d_params),
+        host_scalars=lambda st: {"lr_scale": float(st.lr_scale)},
+        after_validation=after_validation,
+        plateau=plateau,
+    )
+    return method
+
+
+def deltastn_method(config, mesh, generator: Generator, train_iter) -> Method:
+    """Delta-STN (jsr/deltastn): K weight steps (general + linearised response) : 1 hyper step on validation."""
+    from jsr.deltastn import jit_steps
+    from jsr.deltastn.sr import make_deltastn
+
+    if config.stage != "mse":
+        raise TrainingError("config.deltastn needs stage 'mse' (the validation objective is pixel MSE)")
+    if config.optim.plateau.get("enabled", False):
+        raise TrainingError("config.deltastn tunes its own hyperparameters: disable config.optim.plateau")
+    template = generator.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))["params"]
+    stn = make_deltastn(config, generator, make_optimizer(config.optim.g, template, config.optim.get("trainable", ())))
+    rng = jax.random.PRNGKey(config.seed)
+    variables = init_generator_variables(config, generator, rng)
+    p = config.data.patch_size or 16
+    state = parallel.put_replicated(
+        stn.init(rng, variables, jnp.zeros((1, p, p, 3)), train=True, mutable=["batch_stats"]), mesh
+    )
+    steps = jit_steps(stn, mesh, donate=True)
+    val_source = jdata.make_source(config.data, "validation", config.data.patch_size)
+    val_batch = config.deltastn.get("val_batch_size", 0) or config.batch_size
+    val_iter = jdata.make_train_iterator(config.data, val_batch, config.seed + 1, mesh, source=val_source)
+
+    def advance(state, step):
+        state, metrics = steps.weight(state, next(train_iter))
+        if stn.hyper_due(step + 1):
+            state, hyper_metrics = steps.hyper(state, next(val_iter))
+            metrics = {**metrics, **hyper_metrics}
+        return state, metrics
+
+    def host_scalars(state):
+        return {f"hp/{k}": v for k, v in stn.hparams(state).items()} | {
+            f"sigma/{k}": v for k, v in stn.sigmas(state).items()
+        }
+
+    return Method(
+        state=state,
+        advance=advance,
+        iterators={"train": train_iter, "val": val_iter},
+        generator_variables=lambda st: {"params": st.params, "batch_stats": st.model_state["batch_stats"]},
+        generator_in_state={"params": "params", "batch_stats": "model_state/batch_stats"},
+        trained_params=lambda st: (st.params, st.response, st.u, st.s),
+        host_scalars=host_scalars,
+    )
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
     """Train (or resume) in ``workdir``; returns the final validation metrics."""
     workdir = Path(workdir).absolute()
@@ -350,56 +458,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     primary = jax.process_index() == 0
     mesh = parallel.make_mesh(jax.devices()[: config.num_devices] if config.get("num_devices", 0) else None)
     parallel.check_batch_size(config.batch_size, mesh)
-    dtype = compute_dtype(config)
+    generator = Generator(**generator_config(config), dtype=compute_dtype(config))
 
-    # Models and optimisers.
-    generator = Generator(**generator_config(config), dtype=dtype)
-    gan = config.stage == "gan"
-    discriminator = (
-        Discriminator(patch_size=discriminator_patch(config), n_feats=config.discriminator.n_feats, dtype=dtype)
-        if gan and config.loss.adversarial
-        else None
-    )
-    vgg = load_vgg(config) if gan and config.loss.vgg else None
-    trainable = tuple(config.optim.get("trainable", ()))
-    g_bn_train = not (trainable and config.optim.get("freeze_frozen_batch_stats", True))
-    template = generator.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))["params"]
-    tx_g = make_optimizer(config.optim.g, template, trainable)
-    tx_d = make_optimizer(config.optim.d, None) if discriminator is not None else None
-    state = initial_state(config, generator, discriminator, tx_g, tx_d)
-    state = parallel.put_replicated(state, mesh)
-    train_step, d_only_step = make_steps(config, generator, discriminator, vgg, tx_g, tx_d, g_bn_train)
-
-    # Data, checkpoints, logs.
+    # The method (plain or Delta-STN) owns its state, steps and batches.
     try:
         train_iter = jdata.make_train_iterator(config.data, config.batch_size, config.seed, mesh)
         validator = Validator(config, generator)
+        build = deltastn_method if config.deltastn.get("enabled", False) else standard_method
+        method = build(config, mesh, generator, train_iter)
     except (FileNotFoundError, ValueError) as e:  # missing / unprepared data set, bad files, bad data fields
-        raise TrainingError(f"config.data: {e}") from e
-    aug_params = parallel.put_batch(
-        jdata.augment_params(config.data.augment, config.batch_size // jax.process_count()), mesh
-    )
+        raise TrainingError(f"config: {e}") from e
+    state = method.state
+
+    # Resume, logs.
     manager = checkpoints.TrainCheckpoints(workdir / "checkpoints", keep=config.keep_checkpoints)
-    plateau = Plateau.from_config(config.optim.get("plateau"))
     extra = {"best_psnr_y": -math.inf}
     restored = manager.restore_latest(state)
     if restored is not None:
         state, saved = restored
-        train_iter.set_state(saved["data"])
+        for name, iterator in method.iterators.items():
+            iterator.set_state(saved["data"][name])
         extra = saved["extra"]
-        if plateau is not None and saved.get("plateau"):
-            plateau = Plateau(**saved["plateau"])
+        if method.plateau is not None and saved.get("plateau"):
+            method.plateau = Plateau(**saved["plateau"])
     step = int(state.step)
     logger = MetricLogger(workdir, enabled=primary, total_steps=config.num_train_steps, resume_step=step)
     if primary:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
         checkpoints.write_description(
-            workdir, "generator", generator_config(config), {"stage": config.stage, "training_config": "config.json"}
+            workdir,
+            "generator",
+            generator_config(config),
+            {"stage": config.stage, "training_config": "config.json", "generator_in_state": method.generator_in_state},
         )
         logger.note(
             f"{'resuming at' if step else 'starting'} step {step}/{config.num_train_steps} on "
-            f"{mesh.devices.size} device(s), stage {config.stage}, workdir {workdir}"
+            f"{mesh.devices.size} device(s), stage {config.stage}"
+            f"{', Delta-STN' if config.deltastn.get('enabled', False) else ''}, workdir {workdir}"
         )
 
     stop = {"signal": None}
@@ -407,30 +503,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
     def save(step: int, final: bool = False) -> None:
         # The loss of step k is computed before update k: only the parameters themselves prove a state is good.
-        if not bool(all_finite((state.g_params, state.d_params))):
+        if not bool(all_finite(method.trained_params(state))):
             raise TrainingError(
                 f"parameters became non-finite by step {step}; the last good checkpoint (step "
                 f"{manager.latest_step()}) in {workdir / 'checkpoints'} is intact. Lower the "
                 "learning rate or check the data."
             )
-        manager.save(
-            step,
-            state,
-            {"data": train_iter.get_state(), "extra": extra, "plateau": plateau.state_dict() if plateau else None},
-            force=final,
-        )
+        meta = {
+            "data": {name: it.get_state() for name, it in method.iterators.items()},
+            "extra": extra,
+            "plateau": method.plateau.state_dict() if method.plateau else None,
+        }
+        manager.save(step, state, meta, force=final)
 
     pending_metrics: list[dict] = []
     scores: dict[str, float] = {}
     try:
         while step < config.num_train_steps and stop["signal"] is None:
-            for _ in range(extra_d_passes(config, step) if discriminator is not None else 0):
-                state, _ = d_only_step(state, next(train_iter), aug_params)
-            state, step_metrics = train_step(state, next(train_iter), aug_params)
+            state, step_metrics = method.advance(state, step)
             step += 1
             pending_metrics.append(step_metrics)
             if step % config.log_every_steps == 0 or step == config.num_train_steps:
-                summary = {k: float(np.mean([m[k] for m in pending_metrics])) for k in pending_metrics[0]}
+                keys = sorted(set().union(*pending_metrics))  # hyper-step metrics appear every K steps only
+                summary = {k: float(np.mean([m[k] for m in pending_metrics if k in m])) for k in keys}
                 if not all(np.isfinite(v) for v in summary.values()):
                     bad = {k: v for k, v in summary.items() if not np.isfinite(v)}
                     raise TrainingError(
@@ -438,16 +533,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                         f"checkpoint (step {manager.latest_step()}) in {workdir / 'checkpoints'} "
                         "is intact. Lower the learning rate or check the data."
                     )
-                logger.write(step, summary | {"lr_scale": float(state.lr_scale)}, progress=True)
+                logger.write(step, summary | method.host_scalars(state), progress=True)
                 pending_metrics = pending_metrics[-1:]
             if step % config.eval_every_steps == 0 or step == config.num_train_steps:
-                scores, outputs = validator(state)
+                scores, outputs = validator(method.generator_variables(state))
                 logger.write(step, scores)
                 logger.images(step, "val/lr_bicubic_sr_hr", validator.image_grid(outputs, config.get("eval_images", 3)))
-                if plateau is not None:
-                    state = state.replace(
-                        lr_scale=jnp.asarray(plateau.update(scores[plateau_metric(config)]), jnp.float32)
-                    )
+                state = method.after_validation(state, scores)
                 if scores["val/psnr_y"] > extra["best_psnr_y"]:
                     extra = extra | {"best_psnr_y": scores["val/psnr_y"], "best_step": step}
                     if primary and jax.process_count() == 1:
@@ -455,7 +547,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                             workdir / "best",
                             "generator",
                             generator_config(config),
-                            jax.device_get({"params": state.g_params, "batch_stats": state.g_batch_stats}),
+                            parallel.local_copy(method.generator_variables(state)),
                             metadata={"step": step, **scores},
                             overwrite=True,
                         )
@@ -467,12 +559,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     finally:
         manager.wait()  # an in-flight save completes (or fails) before anyone reads the directory
         signal.signal(signal.SIGTERM, previous)
-        train_iter.close()
+        for iterator in method.iterators.values():
+            iterator.close()
         logger.close()
     if stop["signal"] is None and not scores:  # resumed a finished run: nothing was evaluated in the loop
-        scores = validator(state)[0]
+        scores = validator(method.generator_variables(state))[0]
     if scores and primary:
         logger.note("final: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+        if config.deltastn.get("enabled", False):
+            plot = plot_hyperparameters(workdir)
+            logger.note(f"hyperparameter trajectories: {plot}")
     return scores
 
 
@@ -481,8 +577,13 @@ def all_finite(tree) -> jax.Array:
     return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def plateau_metric(config) -> str:
-    return config.optim.plateau.get("metric", "val/psnr_y")
+def plot_hyperparameters(workdir: Path) -> Path:
+    """``hyperparameters.png`` in the workdir: each tuned hyperparameter against the step, from metrics.jsonl."""
+    from jsr.figures import line_plots
+    from jsr.logger import read_series
+
+    series = read_series(workdir, prefix="hp/")
+    return line_plots(series, workdir / "hyperparameters.png", title="Delta-STN hyperparameters")
 
 
 # ------------------------------------------------------------------------------------------------ entry point

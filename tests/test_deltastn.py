@@ -72,11 +72,10 @@ def numpy_variables(model: nn.Module, *args, seed: int = 0) -> dict:
     return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
-def random_response(response: dict, key, scale: float = 0.3) -> dict:
+def random_response(response: dict, seed: int, scale: float = 0.3) -> dict:
     """Non-zero V (and random R, r_b): a response that really changes the output when e != 0."""
-    leaves, tree = jax.tree.flatten(response)
-    keys = jax.random.split(key, len(leaves))
-    return jax.tree.unflatten(tree, [scale * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves, strict=True)])
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda x: jnp.asarray(scale * rng.standard_normal(x.shape), x.dtype), response)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +84,7 @@ def convnet():
     x = jax.random.normal(jax.random.PRNGKey(0), (4, 9, 9, 4))
     variables = numpy_variables(model, x)
     response = init_response(model, variables, x, num_hypers=H, key=jax.random.PRNGKey(2))
-    return model, variables, random_response(response, jax.random.PRNGKey(3)), x
+    return model, variables, random_response(response, 3), x
 
 
 # ----- hyperparameter spaces -----
@@ -153,7 +152,7 @@ def test_zero_perturbation_equals_plain_generator_exactly():
     x = jax.random.uniform(jax.random.PRNGKey(0), (2, 6, 6, 3), minval=-1, maxval=1)
     variables = numpy_variables(model, x)
     response = init_response(model, variables, x, num_hypers=2, key=jax.random.PRNGKey(2))
-    response = random_response(response, jax.random.PRNGKey(3))
+    response = random_response(response, 3)
     zero = jnp.zeros((2, 2))
     for train in (False, True):  # BatchNorm on running statistics, then on batch statistics with updates
         kwargs = {"train": train, "mutable": ["batch_stats"] if train else False}
@@ -170,7 +169,7 @@ def test_response_matches_the_formula_for_conv_and_dense():
     x = jax.random.normal(jax.random.PRNGKey(0), (3, 7, 7, 4))
     variables = numpy_variables(conv, x)
     response = init_response(conv, variables, x, num_hypers=2, key=jax.random.PRNGKey(2))
-    response = random_response(response, jax.random.PRNGKey(9))
+    response = random_response(response, 9)
     e = jax.random.normal(jax.random.PRNGKey(3), (3, 2))
     leaf, p = response, variables["params"]
     dims = ("NHWC", "HWIO", "NHWC")
@@ -184,7 +183,7 @@ def test_response_matches_the_formula_for_conv_and_dense():
     x = jax.random.normal(jax.random.PRNGKey(4), (3, 6))
     variables = numpy_variables(dense, x)
     response = init_response(dense, variables, x, num_hypers=2, key=jax.random.PRNGKey(6))
-    response = random_response(response, jax.random.PRNGKey(10))
+    response = random_response(response, 10)
     p, ve = variables["params"], e @ response["V"]
     expected = x @ p["kernel"] + p["bias"] + ve[:, :4] * (x @ response["R"]) + ve[:, 4:] * response["r_b"]
     np.testing.assert_allclose(apply_with_response(dense, variables, response, e, x), expected, rtol=1e-5, atol=1e-6)
@@ -201,9 +200,32 @@ def test_jvp_equals_finite_differences(convnet):
         h = 1e-5
         central = (f(h * e) - f(-h * e)) / (2 * h)
         np.testing.assert_allclose(linear, central, rtol=1e-6, atol=1e-8)
+        # what the response step uses: the jvp through the cheaper zero-point response path
+        net = Net(model, v64["params"], {}, r64, e, linearize=True)
+        np.testing.assert_allclose(net(x64) - f(jnp.zeros_like(e)), central, rtol=1e-6, atol=1e-8)
         assert np.abs(np.asarray(linear)).max() > 1e-2  # the response is really there
         # the nonlinear network is not linear in e: the linearisation differs from the response at finite e
         assert np.abs(np.asarray(f(e) - f(jnp.zeros_like(e)) - linear)).max() > 1e-4
+
+
+def test_zero_point_linearisation_has_the_plain_jvps_gradients(convnet):
+    """The response and hyper steps differentiate the linearised output w.r.t. the response and e: the cheaper
+    zero-point path must give exactly what differentiating a plain jax.jvp of the response gives."""
+    model, variables, response, x = convnet
+    e = jax.random.normal(jax.random.PRNGKey(11), (x.shape[0], H))
+    weights = jax.random.normal(jax.random.PRNGKey(12), (x.shape[0], 2))
+
+    def plain(response, e):
+        f = lambda eps: apply_with_response(model, variables, response, eps, x)  # noqa: E731
+        return jnp.sum(weights * jnp.tanh(linearized_apply(f, e)))
+
+    def fast(response, e):
+        return jnp.sum(weights * jnp.tanh(Net(model, variables["params"], {}, response, e)(x)))
+
+    expected = jax.jit(jax.value_and_grad(plain, argnums=(0, 1)))(response, e)
+    got = jax.jit(jax.value_and_grad(fast, argnums=(0, 1)))(response, e)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), got, expected)
+    assert np.abs(np.asarray(got[1][0]["c1"]["R"])).max() > 1e-4  # the gradient reaches the first layer's R
 
 
 def test_per_example_perturbation_changes_only_its_own_example(convnet):
@@ -240,6 +262,21 @@ def test_effective_sq_norm_equals_explicit_per_example_weights(convnet):
 
 # ----- the steps -----
 
+
+class SmallNet(nn.Module):
+    """Two dense layers with per-example dropout between them: enough for the steps (the conv response is checked
+    above), and quick to compile on a busy CPU."""
+
+    @nn.compact
+    def __call__(self, x, dropout=None, deterministic=True):
+        x = nn.relu(nn.Dense(8, name="c1")(x))
+        if dropout is not None and not deterministic:  # per-example rates, hard Bernoulli masks
+            keep = jax.random.uniform(self.make_rng("dropout"), x.shape) >= dropout[:, None]
+            x = jnp.where(keep, x / (1 - dropout[:, None]), 0.0)
+        return nn.Dense(2, name="d1")(x)
+
+
+LAYERS = ("c1", "d1")
 SPACE = HyperSpace(
     [Hyper("dropout", 0.0, 0.8, 0.2), Hyper("noise", 0.0, 1.0, 0.1), Hyper("wd", 0.0, None, 1e-3, "positive")]
 )
@@ -247,7 +284,7 @@ SPACE = HyperSpace(
 
 def _train_loss(net, batch, hp, rng):
     k_noise, k_drop = jax.random.split(rng)
-    x = batch["x"] + hp["noise"][:, None, None, None] * jax.random.normal(k_noise, batch["x"].shape)
+    x = batch["x"] + hp["noise"][:, None] * jax.random.normal(k_noise, batch["x"].shape)
     out = net(x, hp["dropout"], deterministic=False, rngs={"dropout": k_drop})
     return jnp.sum(jnp.square(out - batch["y"]), -1) + hp["wd"] * net.weight_sq_norm()
 
@@ -256,104 +293,105 @@ def _val_loss(net, batch, rng):
     return jnp.sum(jnp.square(net(batch["x"]) - batch["y"]), -1)
 
 
-def _stn(**kwargs) -> DeltaSTN:
-    return DeltaSTN(ConvNet(), SPACE, _train_loss, _val_loss, **kwargs)
+# The steps do not depend on warm-up and K (the host schedule does): one DeltaSTN, compiled once for these tests.
+STN = DeltaSTN(SmallNet(), SPACE, _train_loss, _val_loss, warmup_steps=2, weight_steps_per_hyper=2)
+
+
+@pytest.fixture(scope="module")
+def steps():
+    return jit_steps(STN)
 
 
 def _batch(seed: int, n: int = 8) -> dict:
     kx, ky = jax.random.split(jax.random.PRNGKey(seed))
-    return {"x": jax.random.normal(kx, (n, 9, 9, 4)), "y": jax.random.normal(ky, (n, 2))}
+    return {"x": jax.random.normal(kx, (n, 6)), "y": jax.random.normal(ky, (n, 2))}
 
 
-def _state(stn: DeltaSTN):
+def _state(stn: DeltaSTN = STN):
     x = _batch(0)["x"]
-    return stn.init(jax.random.PRNGKey(0), numpy_variables(ConvNet(), x), x)
+    return stn.init(jax.random.PRNGKey(0), numpy_variables(stn.model, x), x)
 
 
-def test_state_holds_the_plain_models_params_and_steps_touch_only_their_own_part():
-    stn = _stn()
-    model_vars = numpy_variables(ConvNet(), _batch(0)["x"])
-    state = _state(stn)
+def test_state_holds_the_plain_models_params_and_steps_touch_only_their_own_part(steps):
+    model_vars = numpy_variables(SmallNet(), _batch(0)["x"])
+    state = _state()
     jax.tree.map(np.testing.assert_array_equal, state.params, model_vars["params"])
-    key = jax.random.PRNGKey(5)
-    after_general, _ = stn.general_step(state, _batch(1), key)
-    assert not np.allclose(after_general.params["d2"]["kernel"], state.params["d2"]["kernel"])
-    jax.tree.map(np.testing.assert_array_equal, (after_general.response, after_general.u), (state.response, state.u))
-    after_response, _ = stn.response_step(state, _batch(1), key)
-    assert not np.allclose(after_response.response["d2"]["V"], 0.0)
-    jax.tree.map(np.testing.assert_array_equal, (after_response.params, after_response.u), (state.params, state.u))
-    after_hyper, _ = stn.hyper_step(after_response, _batch(2))
+    after_weight, _ = steps.weight(state, _batch(1))
+    assert int(after_weight.step) == 1
+    assert not np.allclose(after_weight.params["d1"]["kernel"], state.params["d1"]["kernel"])
+    assert not np.allclose(after_weight.response["d1"]["V"], 0.0)
+    jax.tree.map(np.testing.assert_array_equal, (after_weight.u, after_weight.s), (state.u, state.s))
+    after_hyper, _ = steps.hyper(after_weight, _batch(2))
+    assert int(after_hyper.hyper_step) == 1
     assert not np.allclose(after_hyper.u, state.u) and not np.allclose(after_hyper.s, state.s)
     jax.tree.map(
         np.testing.assert_array_equal,
         (after_hyper.params, after_hyper.response),
-        (after_response.params, after_response.response),
+        (after_weight.params, after_weight.response),
     )
 
 
-def test_general_step_is_a_plain_sgd_step_at_the_current_hyperparameters():
-    stn = _stn(general_optimizer=optax.sgd(0.1))
+def test_general_step_is_a_plain_sgd_step_and_the_response_step_moves_only_the_response():
+    stn = DeltaSTN(SmallNet(), SPACE, _train_loss, _val_loss, general_optimizer=optax.sgd(0.1))
     state = _state(stn)
     batch, key = _batch(1), jax.random.PRNGKey(5)
-    model, hp = ConvNet(), SPACE.values(state.u)
+    model, hp = SmallNet(), SPACE.values(state.u)
 
     def plain_loss(params):  # the same loss written against the plain model, scalar hyperparameters
         k_noise, k_drop = jax.random.split(key)
         x = batch["x"] + hp["noise"] * jax.random.normal(k_noise, batch["x"].shape)
         rate = jnp.full((8,), hp["dropout"])
         out = model.apply({"params": params}, x, rate, deterministic=False, rngs={"dropout": k_drop})
-        sq = sum(jnp.sum(jnp.square(params[n]["kernel"])) for n in ("c1", "c2", "d1", "d2"))
+        sq = sum(jnp.sum(jnp.square(params[n]["kernel"])) for n in LAYERS)
         return jnp.mean(jnp.sum(jnp.square(out - batch["y"]), -1)) + hp["wd"] * sq
 
-    expected = jax.tree.map(lambda p, g: p - 0.1 * g, state.params, jax.grad(plain_loss)(state.params))
-    after, _ = stn.general_step(state, batch, key)
+    grads = jax.jit(jax.grad(plain_loss))(state.params)
+    expected = jax.tree.map(lambda p, g: p - 0.1 * g, state.params, grads)
+    after, _ = jax.jit(stn.general_step)(state, batch, key)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), after.params, expected)
+    jax.tree.map(np.testing.assert_array_equal, (after.response, after.u), (state.response, state.u))
+    after, _ = jax.jit(stn.response_step)(state, batch, key)
+    assert not np.allclose(after.response["c1"]["V"], 0.0)
+    jax.tree.map(np.testing.assert_array_equal, (after.params, after.u), (state.params, state.u))
 
 
 def test_schedule_warmup_then_k_weight_steps_per_hyper_step():
-    stn = _stn(warmup_steps=3, weight_steps_per_hyper=5)
+    stn = DeltaSTN(SmallNet(), SPACE, _train_loss, _val_loss, warmup_steps=3, weight_steps_per_hyper=5)
     assert [s for s in range(1, 20) if stn.hyper_due(s)] == [8, 13, 18]
 
 
-def _run(stn, state, until, steps):
-    batches = (_batch(i) for i in range(100, 200))
-    vals = (_batch(i) for i in range(200, 300))
-    return fit(stn, state, batches, vals, until, steps)
-
-
-def test_sharded_steps_equal_unsharded():
-    stn = _stn(warmup_steps=1, weight_steps_per_hyper=1)
+def test_sharded_steps_equal_unsharded(steps):
     mesh = parallel.make_mesh(jax.devices()[:4])
-    one = parallel.make_mesh(jax.devices()[:1])
+    sharded = jit_steps(STN, mesh)
     results = []
-    for m in (mesh, one):
-        state = parallel.put_replicated(_state(stn), m)
-        steps = jit_steps(stn, m)
-        put = lambda b, m=m: parallel.put_batch(b, m)  # noqa: E731
-        state, _ = steps.weight(state, put(_batch(1)))
-        state, _ = steps.weight(state, put(_batch(2)))
-        state, metrics = steps.hyper(state, put(_batch(3)))
-        assert state.u.sharding.is_fully_replicated
+    for run, put_state, put in (
+        (sharded, lambda t: parallel.put_replicated(t, mesh), lambda b: parallel.put_batch(b, mesh)),
+        (steps, lambda t: t, lambda b: b),
+    ):
+        state, _ = run.weight(put_state(_state()), put(_batch(1)))
+        state, _ = run.weight(state, put(_batch(2)))
+        state, metrics = run.hyper(state, put(_batch(3)))
         results.append((state, metrics))
-    assert len(results[0][0].u.sharding.device_set) == 4
+    assert len(results[0][0].u.sharding.device_set) == 4 and results[0][0].u.sharding.is_fully_replicated
     close = lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=1e-6)  # noqa: E731
     jax.tree.map(close, results[0], results[1])
 
 
-def test_checkpoint_and_resume_equal_an_uninterrupted_run(tmp_path):
-    stn = _stn(warmup_steps=2, weight_steps_per_hyper=2)
-    steps = jit_steps(stn)
-    straight = _run(stn, _state(stn), 6, steps)
-    assert int(straight.hyper_step) == 2
-    half = _run(stn, _state(stn), 3, steps)
+def _run(state, until, steps, first=100):
+    batches = (_batch(i) for i in range(first + int(state.step), 200))
+    vals = (_batch(i) for i in range(200 + int(state.hyper_step), 300))
+    return fit(STN, state, batches, vals, until, steps)
+
+
+def test_checkpoint_and_resume_equal_an_uninterrupted_run(tmp_path, steps):
+    straight = _run(_state(), 6, steps)
+    assert int(straight.hyper_step) == 2  # after weight steps 4 and 6
+    half = _run(_state(), 3, steps)
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(tmp_path / "ckpt", half)
         checkpointer.wait_until_finished()
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _state(stn))
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _state())
         restored = checkpointer.restore(tmp_path / "ckpt", abstract)
     assert int(restored.step) == 3
-    # the resumed run continues with the data it has not seen yet
-    batches = (_batch(i) for i in range(103, 200))
-    vals = (_batch(i) for i in range(200 + int(restored.hyper_step), 300))
-    resumed = fit(stn, restored, batches, vals, 6, steps)
+    resumed = _run(restored, 6, steps)  # continues with the data it has not seen yet
     jax.tree.map(np.testing.assert_array_equal, resumed, straight)

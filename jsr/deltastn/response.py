@@ -124,9 +124,41 @@ def _channel_scale(scale, y):
     return scale.reshape(scale.shape[0], *([1] * (y.ndim - 2)), scale.shape[-1])
 
 
+def _delta(ve, rx, r_b):
+    """The response path (e V)[:D] * (R x) + (e V)[D:] * r_b for ve = e V (B, 2D)."""
+    features = r_b.shape[0]
+    return _channel_scale(ve[:, :features], rx) * rx + _channel_scale(ve[:, features:], rx) * r_b
+
+
+@jax.custom_jvp
+def _delta_at_zero(e, v, rx, r_b):
+    """The response path where ``e`` is known to be exactly 0 (the linearisation point): its value, 0.
+
+    Writing the value as a constant, not as ``(0 V) * (R x)``, keeps the response parameters out of the primal
+    network's graph, so that differentiating the linearised output w.r.t. them does not run a backward pass through
+    the primal network (whose cotangent would only ever be multiplied by 0).
+    """
+    del e, v, r_b
+    return jnp.zeros_like(rx)
+
+
+@_delta_at_zero.defjvp
+def _delta_at_zero_jvp(primals, tangents):
+    # d[(e V) * (R x)] = (de V) * (R x) + (e V) * d(R x): the second term vanishes at e = 0, so the tangent of R x
+    # (a convolution of the incoming tangent with R) is never needed; XLA drops it as dead code.
+    e, v, rx, r_b = primals
+    de = tangents[0]
+    return jnp.zeros_like(rx), _delta(de.astype(v.dtype) @ v, rx, r_b).astype(rx.dtype)
+
+
 @contextlib.contextmanager
-def responding(response: dict, e):
-    """Context in which every Conv/Dense call of a Linen ``apply`` adds its structured response for ``e`` (B, h)."""
+def responding(response: dict, e, at_zero: bool = False):
+    """Context in which every Conv/Dense call of a Linen ``apply`` adds its structured response for ``e`` (B, h).
+
+    ``at_zero``: the caller promises that ``e``'s value is exactly 0 and only its derivatives matter, as in
+    ``jax.jvp(f, (zeros,), (e,))``; the response path then has value 0 and derivative (de V) * (R x) + ... exactly,
+    computed more cheaply (``_delta_at_zero``). Never use it with a non-zero ``e``.
+    """
     busy = [False]  # R x runs a clone of the layer; the clone's own call must not be intercepted again
 
     def add_response(next_fun, call_args, call_kwargs, context):
@@ -143,18 +175,20 @@ def responding(response: dict, e):
             rx = module.clone(parent=None, use_bias=False).apply({"params": {"kernel": leaf["R"]}}, *call_args)
         finally:
             busy[0] = False
-        features = leaf["r_b"].shape[0]
-        ve = e.astype(leaf["V"].dtype) @ leaf["V"]  # (B, 2D)
-        delta = _channel_scale(ve[:, :features], y0) * rx + _channel_scale(ve[:, features:], y0) * leaf["r_b"]
+        if at_zero:
+            delta = _delta_at_zero(e, leaf["V"], rx, leaf["r_b"])
+        else:
+            delta = _delta(e.astype(leaf["V"].dtype) @ leaf["V"], rx, leaf["r_b"])
         return y0 + delta.astype(y0.dtype)
 
     with nn.intercept_methods(add_response):
         yield
 
 
-def apply_with_response(model: nn.Module, variables: dict, response: dict, e, *args, **kwargs):
-    """``model.apply(variables, *args, **kwargs)`` with every Conv/Dense responding to ``e`` (B, h)."""
-    with responding(response, e):
+def apply_with_response(model: nn.Module, variables: dict, response: dict, e, *args, at_zero: bool = False, **kwargs):
+    """``model.apply(variables, *args, **kwargs)`` with every Conv/Dense responding to ``e`` (B, h) (``at_zero``: see
+    ``responding``)."""
+    with responding(response, e, at_zero):
         return model.apply(variables, *args, **kwargs)
 
 

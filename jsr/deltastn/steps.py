@@ -50,6 +50,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jsr import parallel
 from jsr.deltastn import hyper as hyper_lib
 from jsr.deltastn import response as response_lib
 from jsr.deltastn.hyper import HyperSpace
@@ -77,8 +78,10 @@ class Net:
             out = self.model.apply(variables, *args, **kwargs)
         elif self.linearize:
 
-            def at(e):
-                result = response_lib.apply_with_response(self.model, variables, self.response, e, *args, **kwargs)
+            def at(e):  # evaluated only at e = 0 (jvp's primal): the cheaper at_zero response path is exact
+                result = response_lib.apply_with_response(
+                    self.model, variables, self.response, e, *args, at_zero=True, **kwargs
+                )
                 return result if mutable else (result, {})
 
             primal, tangent, updates = jax.jvp(at, (jnp.zeros_like(self.e),), (self.e,), has_aux=True)
@@ -196,11 +199,11 @@ class DeltaSTN:
 
     def hparams(self, state: DeltaSTNState) -> dict[str, float]:
         """Current hyperparameter values on the host."""
-        return self.space.values(jax.device_get(state.u))
+        return self.space.values(parallel.local_copy(state.u))
 
     def sigmas(self, state: DeltaSTNState) -> dict[str, float]:
         """Current perturbation stds (unconstrained units) on the host."""
-        values = jax.device_get(hyper_lib.sigma(state.s))
+        values = hyper_lib.sigma(parallel.local_copy(state.s))
         return {name: float(v) for name, v in zip(self.space.names, values, strict=True)}
 
     def hyper_due(self, step: int) -> bool:
