@@ -102,24 +102,6 @@ class Dataset:
         return self.stems, self.sizes
 
 
-class _TfdsRecords:
-    """A TFDS data source as {"hr", "lr", "id"} records; records without an ``id`` are named by index."""
-
-    def __init__(self, data_source):
-        self._source = data_source
-        self._digits = len(str(max(len(data_source) - 1, 0)))
-
-    def __len__(self) -> int:
-        return len(self._source)
-
-    def __getitem__(self, index: int) -> dict:
-        record = self._source[index]
-        ident = record.get("id", f"{index:0{self._digits}d}")
-        if isinstance(ident, bytes | np.bytes_):
-            ident = ident.decode()
-        return {"hr": np.asarray(record["hr"], np.uint8), "lr": np.asarray(record["lr"], np.uint8), "id": str(ident)}
-
-
 SPEC_HELP = "expected tfds:NAME:SPLIT, folder:DIR or pairs:HR_DIR,LR_DIR"
 
 
@@ -162,7 +144,9 @@ def _open_tfds(rest: str, spec: str, scale: int, data_dir: str | None) -> Datase
             f"--dataset {spec}: cannot open TFDS {name!r} split {split!r} in {data_dir or '~/tensorflow_datasets'} "
             f"({type(e).__name__}: {e}). Prepare it first (python -m jsr.data.prepare) or pass --data_dir."
         ) from e
-    return Dataset(spec, scale, _TfdsRecords(source))
+    from jsr.data.sources import TfdsSource
+
+    return Dataset(spec, scale, TfdsSource(source, name, index_ids=True))
 
 
 def open_dataset(spec: str, scale: int, data_dir: str | None = None, downscale: str = "bicubic") -> Dataset:

@@ -257,16 +257,18 @@ def holdout(records: Sequence[FolderRecord], split: str, fraction: float) -> lis
 class TfdsSource:
     """A prepared TFDS data source (ArrayRecord) with features ``hr``, ``lr`` [, ``id``]."""
 
-    def __init__(self, data_source, name: str):
+    def __init__(self, data_source, name: str, index_ids: bool = False):
         self._source = data_source
         self.name = name
+        # records without an id are named "<name>-<index>", or by the zero-padded index alone (file-stem style)
+        self._digits = len(str(max(len(data_source) - 1, 0))) if index_ids else 0
 
     def __len__(self) -> int:
         return len(self._source)
 
     def __getitem__(self, index: int) -> dict:
         record = self._source[index]
-        ident = record.get("id", f"{self.name}-{index}")
+        ident = record.get("id", f"{index:0{self._digits}d}" if self._digits else f"{self.name}-{index}")
         if isinstance(ident, bytes | np.bytes_):
             ident = ident.decode()
         return {"hr": np.asarray(record["hr"], np.uint8), "lr": np.asarray(record["lr"], np.uint8), "id": str(ident)}
