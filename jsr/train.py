@@ -359,7 +359,10 @@ def standard_method(config, mesh, generator: Generator, train_iter) -> Method:
     discriminator = None
     if config.stage == "gan" and config.loss.adversarial:
         discriminator = Discriminator(
-            patch_size=discriminator_patch(config), n_feats=config.discriminator.n_feats, dtype=dtype
+            patch_size=discriminator_patch(config),
+            n_feats=config.discriminator.n_feats,
+            dtype=dtype,
+            conv=config.model.get("conv", "xla"),
         )
     vgg = load_vgg(config) if config.stage == "gan" and config.loss.vgg else None
     trainable = tuple(config.optim.get("trainable", ()))
@@ -408,6 +411,10 @@ def deltastn_method(config, mesh, generator: Generator, train_iter) -> Method:
         raise TrainingError("config.deltastn needs stage 'mse' (the validation objective is pixel MSE)")
     if config.optim.plateau.get("enabled", False):
         raise TrainingError("config.deltastn tunes its own hyperparameters: disable config.optim.plateau")
+    if config.model.get("conv", "xla") != "xla":
+        raise TrainingError(
+            "config.deltastn needs config.model.conv='xla': the fast conv has no forward-mode (jvp) rule"
+        )
     template = generator.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))["params"]
     stn = make_deltastn(config, generator, make_optimizer(config.optim.g, template, config.optim.get("trainable", ())))
     rng = jax.random.PRNGKey(config.seed)
@@ -458,7 +465,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     primary = jax.process_index() == 0
     mesh = parallel.make_mesh(jax.devices()[: config.num_devices] if config.get("num_devices", 0) else None)
     parallel.check_batch_size(config.batch_size, mesh)
-    generator = Generator(**generator_config(config), dtype=compute_dtype(config))
+    # conv is how to compute, not what: it stays out of generator_config (jsr_model.json)
+    generator = Generator(**generator_config(config), dtype=compute_dtype(config), conv=config.model.get("conv", "xla"))
 
     # The method (plain or Delta-STN) owns its state, steps and batches.
     try:

@@ -76,3 +76,10 @@ def test_unprepared_data_sets_say_how_to_prepare(repo_root, tmp_path):
     config.data.data_dir = str(tmp_path / "empty")
     with pytest.raises(TrainingError, match=r"jsr\[div2k\]"):
         train_and_evaluate(config, tmp_path / "b")
+
+
+def test_deltastn_refuses_the_reverse_mode_only_conv(repo_root, tmp_path):
+    config = load_config_file(repo_root / "configs" / "quickstart_deltastn.py", "tiny")
+    config.model.conv = "fast"
+    with pytest.raises(TrainingError, match="conv='xla'"):
+        train_and_evaluate(config, tmp_path / "run")

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jsr.models.srresnet import BN_EPSILON, BN_MOMENTUM, CONV_INIT
+from jsr.ops.conv import conv_function
 
 # The source builds nn.LeakyReLU() with PyTorch's default slope (the paper says 0.2).
 LEAKY_SLOPE = 0.01
@@ -30,11 +31,13 @@ class Discriminator(nn.Module):
       patch_size: square input size the dense head is built for (96 in the source; 256 for whole Pokemon).
       n_feats: channels of the first conv (doubled by each body block).
       dtype: compute dtype.
+      conv: convolution path, 'xla' or 'fast' (see ``jsr.models.Generator``).
     """
 
     patch_size: int = 96
     n_feats: int = 64
     dtype: Any = jnp.float32
+    conv: str = "xla"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -54,6 +57,7 @@ class Discriminator(nn.Module):
                 padding=((1, 1), (1, 1)),
                 kernel_init=CONV_INIT,
                 dtype=self.dtype,
+                conv_general_dilated=conv_function(self.conv),
                 name=name,
             )(y)
 

@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jsr.ops.conv import conv_function
+
 # PyTorch BatchNorm2d defaults (running-stat momentum 0.1 == Flax momentum 0.9).
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
@@ -64,6 +66,7 @@ class _MaskedConv(nn.Module):
     features: int
     kernel: int
     dtype: Any = jnp.float32
+    conv: str = "xla"
 
     @nn.compact
     def __call__(self, x, mask=None):
@@ -76,6 +79,7 @@ class _MaskedConv(nn.Module):
             padding=((pad, pad), (pad, pad)),
             kernel_init=CONV_INIT,
             dtype=self.dtype,
+            conv_general_dilated=conv_function(self.conv),
             name="conv",
         )(x)
 
@@ -85,14 +89,15 @@ class ResidualBlock(nn.Module):
 
     n_feats: int
     dtype: Any = jnp.float32
+    conv: str = "xla"
 
     @nn.compact
     def __call__(self, x, train: bool, mask=None):
         bn = dict(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=self.dtype)
-        y = _MaskedConv(self.n_feats, 3, self.dtype, name="conv1")(x, mask)
+        y = _MaskedConv(self.n_feats, 3, self.dtype, self.conv, name="conv1")(x, mask)
         y = nn.BatchNorm(name="bn1", **bn)(y)
         y = nn.PReLU(negative_slope_init=PRELU_INIT, name="prelu")(y)
-        y = _MaskedConv(self.n_feats, 3, self.dtype, name="conv2")(y, mask)
+        y = _MaskedConv(self.n_feats, 3, self.dtype, self.conv, name="conv2")(y, mask)
         y = nn.BatchNorm(name="bn2", **bn)(y)
         return x + y
 
@@ -109,6 +114,8 @@ class Generator(nn.Module):
         is then ``last_conv + bicubic`` without tanh). Off in the released layout; it trains much faster from
         scratch, which is what the CPU quickstart needs.
       dtype: compute dtype (parameters stay float32).
+      conv: convolution path, 'xla' (``lax.conv_general_dilated``) or 'fast' (``jsr.ops.conv.fast_conv``: the same
+        forward, another weight-gradient formulation; reverse-mode only). Parameters are the same either way.
 
     ``__call__(x, train=False, return_features=False, valid_mask=None)`` takes NHWC images in [-1, 1] and
     returns the SR image in [-1, 1] (tanh), plus the LR-resolution feature map (after the global skip) when
@@ -122,6 +129,7 @@ class Generator(nn.Module):
     channels: int = 3
     bicubic_skip: bool = False
     dtype: Any = jnp.float32
+    conv: str = "xla"
 
     @property
     def receptive_radius(self) -> int:
@@ -140,24 +148,24 @@ class Generator(nn.Module):
         prelu = dict(negative_slope_init=PRELU_INIT)
         image = x.astype(jnp.float32)
         x = x.astype(self.dtype)
-        x = _MaskedConv(self.n_feats, 9, self.dtype, name="conv01")(x, mask)
+        x = _MaskedConv(self.n_feats, 9, self.dtype, self.conv, name="conv01")(x, mask)
         x = nn.PReLU(name="conv01_prelu", **prelu)(x)
         skip = x
         for i in range(self.num_blocks):
-            x = ResidualBlock(self.n_feats, self.dtype, name=f"body_{i}")(x, train, mask)
-        x = _MaskedConv(self.n_feats, 3, self.dtype, name="conv02")(x, mask)
+            x = ResidualBlock(self.n_feats, self.dtype, self.conv, name=f"body_{i}")(x, train, mask)
+        x = _MaskedConv(self.n_feats, 3, self.dtype, self.conv, name="conv02")(x, mask)
         x = nn.BatchNorm(
             use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=self.dtype, name="conv02_bn"
         )(x)
         features = x + skip
         x = features
         for j, r in enumerate(upsample_factors(self.scale)):
-            x = _MaskedConv(self.n_feats * r * r, 3, self.dtype, name=f"tail_{j}")(x, mask)
+            x = _MaskedConv(self.n_feats * r * r, 3, self.dtype, self.conv, name=f"tail_{j}")(x, mask)
             x = pixel_shuffle(x, r)
             x = nn.PReLU(name=f"tail_{j}_prelu", **prelu)(x)
             if mask is not None:
                 mask = jnp.repeat(jnp.repeat(mask, r, axis=1), r, axis=2)
-        x = _MaskedConv(self.channels, 3, self.dtype, name="last_conv")(x, mask)
+        x = _MaskedConv(self.channels, 3, self.dtype, self.conv, name="last_conv")(x, mask)
         if self.bicubic_skip:
             sr = x.astype(jnp.float32) + bicubic_upscale(image, self.scale, valid_mask)
         else:

@@ -1,0 +1,466 @@
+"""jsr against a PyTorch reference of the same network, side by side, in one run.
+
+    /tmp/v312/bin/python benchmarks/run.py --json out.json [--repeats 5] [--quick] [--conv xla] [--compare-conv]
+
+Cases (same shapes on both sides; defaults are SRGAN's: SRResNet 16 blocks x 64 features, batch 16, LR 24 -> HR 96):
+  train_mse         the REAL jsr train step (``jsr.train.make_steps`` on a ``base_config()``), stage mse: images/s
+  train_gan         the same, stage gan (D step, then G step with MSE + VGG54 + adversarial; random VGG19): images/s
+  infer_128         ``jsr.inference.Upscaler`` on one 128x128 image (-> 512x512): output megapixels/s
+  infer_1024_tiled  the same on 1024x1024 (-> 4096x4096), tiled by the Upscaler's defaults: output megapixels/s
+The jsr side runs in this process; the PyTorch side (``benchmarks/torch_reference.py``) in a fresh subprocess of a
+Python that has torch (``--torch-python``), right after the jsr side of the same case, so that background load
+hits both alike. jsr runs with ``--conv`` (default 'fast', ``jsr.ops.conv``; ``--compare-conv`` also times the
+other path in the same case). Each side: warm-up excluded, median of ``--repeats`` timed repetitions. jsr's
+compile time is reported apart (lower + compile of the step; for inference, first call minus the median). Peak
+memory: the torch process's peak RSS per case; jsr's process peak RSS so far (cumulative over the cases run in this
+process) and XLA's own buffer sizes for the case. FLOPs come from XLA's cost analysis of the compiled computation;
+achieved FLOP/s is always reported, and the fraction of the device's peak on a known GPU / TPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CASES = ("train_mse", "train_gan", "infer_128", "infer_1024_tiled")
+# Dense peak FLOP/s (no sparsity) by device-kind substring, per compute dtype.
+PEAK_FLOPS = {
+    "H200": {"bfloat16": 989e12, "float32": 67e12},
+    "H100": {"bfloat16": 989e12, "float32": 67e12},  # SXM; PCIe is ~756e12 / 51e12
+    "A100": {"bfloat16": 312e12, "float32": 19.5e12},
+    "TPU v4": {"bfloat16": 275e12, "float32": 275e12 / 4},
+    "TPU v5 lite": {"bfloat16": 197e12, "float32": 197e12 / 4},
+}
+
+
+def torch_python_candidates() -> list[str]:
+    return ["/tmp/v311/bin/python", shutil.which("python3.11") or "", sys.executable]
+
+
+def find_torch_python(explicit: str | None) -> str | None:
+    for exe in [explicit] if explicit else torch_python_candidates():
+        if exe and Path(exe).exists():
+            ok = subprocess.run([exe, "-c", "import torch"], capture_output=True).returncode == 0
+            if ok:
+                return exe
+            if explicit:
+                raise SystemExit(f"--torch-python {exe} cannot import torch")
+    return None
+
+
+def machine_name() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, {platform.system()}"
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss, not inherited from the parent over exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ------------------------------------------------------------------------------------------------ jsr side
+
+
+def cost_flops(compiled) -> float | None:
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 - not every backend reports costs
+        return None
+    if isinstance(cost, list | tuple):
+        cost = cost[0] if cost else None
+    return float(cost["flops"]) if cost and "flops" in cost else None
+
+
+def memory_mb(compiled) -> dict:
+    try:
+        m = compiled.memory_analysis()
+        return {
+            "xla_temp_mb": m.temp_size_in_bytes / 2**20,
+            "xla_args_mb": m.argument_size_in_bytes / 2**20,
+            "xla_out_mb": m.output_size_in_bytes / 2**20,
+        }
+    except Exception:  # noqa: BLE001
+        return {}
+
+
+def timed(fn, warmup: int, repeats: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def jsr_config(case: str, args):
+    from jsr.config import base_config
+
+    c = base_config()
+    c.stage = "gan" if case == "train_gan" else "mse"
+    c.model.n_feats, c.model.num_blocks = args.n_feats, args.num_blocks
+    c.data.patch_size, c.data.scale = args.patch, 4
+    c.data.augment.enabled = False  # the reference has no augmentation either
+    c.batch_size = args.batch
+    c.compute_dtype = args.dtype
+    c.loss.allow_random_vgg = True  # timing needs no real VGG weights
+    return c
+
+
+def make_generator(config, args):
+    from jsr.models import Generator
+    from jsr.train import compute_dtype, generator_config
+
+    kwargs = generator_config(config) | {"dtype": compute_dtype(config)}
+    if args.conv != "xla":
+        kwargs["conv"] = args.conv
+    return Generator(**kwargs)
+
+
+def jsr_train(case: str, args) -> tuple:
+    """The compiled real train step: ``(step, info)``; ``step()`` runs one step and reads its loss on the host."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jsr import data as jdata
+    from jsr.models import Discriminator
+    from jsr.optim import make_optimizer
+    from jsr.train import compute_dtype, discriminator_patch, initial_state, load_vgg, make_steps
+
+    config = jsr_config(case, args)
+    dtype = compute_dtype(config)
+    generator = make_generator(config, args)
+    gan = config.stage == "gan"
+    discriminator = None
+    if gan:
+        d_kwargs = {"patch_size": discriminator_patch(config), "n_feats": config.discriminator.n_feats, "dtype": dtype}
+        if args.conv != "xla":
+            d_kwargs["conv"] = args.conv
+        discriminator = Discriminator(**d_kwargs)
+    vgg = load_vgg(config) if gan else None
+    template = generator.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))["params"]
+    tx_g = make_optimizer(config.optim.g, template)
+    tx_d = make_optimizer(config.optim.d, None) if gan else None
+    state = initial_state(config, generator, discriminator, tx_g, tx_d)
+    train_step, _ = make_steps(config, generator, discriminator, vgg, tx_g, tx_d, g_bn_train=True)
+    rng = np.random.default_rng(0)
+    hr_side = 4 * args.patch
+    batch = {
+        "hr": rng.integers(0, 256, (args.batch, hr_side, hr_side, 3), dtype=np.uint8),
+        "lr": rng.integers(0, 256, (args.batch, args.patch, args.patch, 3), dtype=np.uint8),
+    }
+    batch = jax.device_put(batch)
+    aug = jax.device_put(jdata.augment_params(config.data.augment, args.batch))
+    start = time.perf_counter()
+    compiled = train_step.lower(state, batch, aug).compile()
+    compile_s = time.perf_counter() - start
+    holder = {"state": state}
+
+    def step():
+        holder["state"], out = compiled(holder["state"], batch, aug)
+        float(out["g_loss"])  # the host reads a metric, as the training loop does (and torch's .item())
+
+    return step, {
+        "items": args.batch,
+        "compile_s": compile_s,
+        "flops": cost_flops(compiled),
+        **memory_mb(compiled),
+    }
+
+
+def jsr_infer(case: str, args) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jsr.inference import Upscaler
+
+    config = jsr_config("train_mse", args)
+    generator = make_generator(config, args)
+    variables = generator.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
+    side = args.infer_side if case == "infer_128" else args.tiled_side
+    tiled = case != "infer_128"
+    upscaler = Upscaler(generator, variables, tile=args.tile if tiled else None)
+    image = np.random.default_rng(0).random((side, side, 3), dtype=np.float32)
+    start = time.perf_counter()
+    upscaler.upscale(image)
+    first_s = time.perf_counter() - start
+    times = timed(lambda: upscaler.upscale(image), args.warmup - 1, args.repeats)
+    # FLOPs: the compiled forward on each canvas shape it ran, times the number of canvases per image.
+    flops = 0.0
+    for shape in upscaler.compiled_shapes:
+        x = jax.ShapeDtypeStruct(shape, jnp.float32)
+        m = jax.ShapeDtypeStruct((*shape[:3], 1), jnp.float32)
+        compiled = upscaler._run_jit.lower(upscaler.variables, x, m).compile()
+        f = cost_flops(compiled)
+        flops = None if f is None or flops is None else flops + f
+    if tiled and flops is not None:  # one canvas shape, run once per batch of tiles
+        n = -(-side // upscaler.tile)
+        per_call = next(iter(upscaler.compiled_shapes))[0]
+        flops *= -(-(n * n) // per_call)
+    return {
+        "times_s": times,
+        "items": (4 * side) ** 2 / 1e6,
+        "compile_s": max(0.0, first_s - statistics.median(times)),
+        "flops": flops,
+        "overlap": upscaler.overlap,
+        "tile": upscaler.tile,
+        "canvases": sorted(upscaler.compiled_shapes),
+        **(memory_mb(compiled) if flops is not None else {}),
+    }
+
+
+def run_jsr(case: str, args, other_conv: str | None = None) -> list[dict]:
+    """jsr's results for ``case`` with ``args.conv`` (and, for train cases, ``other_conv`` too: both compiled first,
+    then timed alternately step by step so that background load hits both alike)."""
+    if not case.startswith("train"):
+        result = jsr_infer(case, args)
+        result["peak_rss_mb"] = peak_rss_mb()
+        return [result]
+    variants = [args] + ([argparse.Namespace(**(vars(args) | {"conv": other_conv}))] if other_conv else [])
+    built = [jsr_train(case, a) for a in variants]
+    for step, _ in built:
+        for _ in range(args.warmup):
+            step()
+    for _, info in built:
+        info["times_s"] = []
+    for _ in range(args.repeats):
+        for step, info in built:
+            start = time.perf_counter()
+            step()
+            info["times_s"].append(time.perf_counter() - start)
+    for _, info in built:
+        info["peak_rss_mb"] = peak_rss_mb()
+    return [info for _, info in built]
+
+
+# ------------------------------------------------------------------------------------------------ torch side
+
+
+def run_torch(case: str, args, python: str, overlap: int) -> dict:
+    cmd = [python, str(HERE / "torch_reference.py"), "--case", case, "--repeats", str(args.repeats)]
+    cmd += ["--warmup", str(args.warmup), "--batch", str(args.batch), "--patch", str(args.patch)]
+    cmd += ["--n_feats", str(args.n_feats), "--num_blocks", str(args.num_blocks)]
+    cmd += ["--infer_side", str(args.infer_side), "--tiled_side", str(args.tiled_side)]
+    cmd += ["--tile", str(args.tile), "--overlap", str(overlap), "--device", args.torch_device]
+    if args.torch_threads:
+        cmd += ["--threads", str(args.torch_threads)]
+    if args.dtype == "bfloat16":
+        cmd.append("--amp")
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"torch reference failed for {case}:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def summarise(side: dict, unit_flops: bool, peak: float | None) -> dict:
+    med = statistics.median(side["times_s"])
+    out = {"median_s": med, "throughput": side["items"] / med, "times_s": side["times_s"]}
+    for k in ("compile_s", "first_s", "peak_rss_mb", "xla_temp_mb", "xla_args_mb", "xla_out_mb", "tile", "overlap"):
+        if k in side:
+            out[k] = side[k]
+    if unit_flops and side.get("flops"):
+        out["flops"] = side["flops"]
+        out["achieved_flops_per_s"] = side["flops"] / med
+        if peak:
+            out["fraction_of_peak"] = out["achieved_flops_per_s"] / peak
+    return out
+
+
+def device_peak(dtype: str) -> tuple[str, float | None]:
+    import jax
+
+    kind = jax.devices()[0].device_kind
+    for name, peaks in PEAK_FLOPS.items():
+        if name.lower() in kind.lower():
+            return kind, peaks.get(dtype)
+    return kind, None
+
+
+def versions(torch_versions: dict | None, args) -> dict:
+    import flax
+    import jax
+    import jaxlib
+
+    v = {
+        "jsr_python": platform.python_version(),
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "flax": flax.__version__,
+        "jax_backend": jax.default_backend(),
+        "jax_devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+        "jsr_conv": args.conv,
+        "dtype": args.dtype,
+    }
+    if torch_versions:
+        v |= {f"torch_{k}" if k != "torch" else "torch": val for k, val in torch_versions.items()}
+    return v
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
+    p.add_argument("--repeats", type=int, default=5, help="timed repetitions per side and case (median reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed repetitions first (>= 1; the first compiles)")
+    p.add_argument("--quick", action="store_true", help="tiny shapes, 1 warm-up, 2 repetitions: a smoke run")
+    p.add_argument("--conv", default="fast", choices=["xla", "fast"], help="jsr's convolution path (models' conv=)")
+    p.add_argument(
+        "--compare-conv", action="store_true", help="train cases: also time jsr with the other conv path (jsr_other)"
+    )
+    p.add_argument("--tiled-repeats", type=int, default=3, help="repetitions of the (long) 1024 tiled case")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype (torch: AMP)")
+    p.add_argument("--torch-python", help="a Python that imports torch (default: /tmp/v311/bin/python, python3.11)")
+    p.add_argument("--torch-device", default="cpu", help="cpu | cuda")
+    p.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads (0 = PyTorch's default)")
+    p.add_argument("--no-torch", action="store_true", help="jsr side only")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--patch", type=int, default=24, help="LR training patch (HR = 4x)")
+    p.add_argument("--n_feats", type=int, default=64)
+    p.add_argument("--num_blocks", type=int, default=16)
+    p.add_argument("--infer_side", type=int, default=128)
+    p.add_argument("--tiled_side", type=int, default=1024)
+    p.add_argument("--tile", type=int, default=256, help="Upscaler tile for the tiled case (its default)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.batch, args.patch, args.n_feats, args.num_blocks = 2, 8, 8, 2
+        args.infer_side, args.tiled_side, args.tile = 32, 64, 32
+        args.repeats, args.warmup = min(args.repeats, 2), 1
+        args.tiled_repeats = min(args.tiled_repeats, 2)
+    args.warmup = max(1, args.warmup)
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    cases = [c for c in args.cases.split(",") if c]
+    unknown = set(cases) - set(CASES)
+    if unknown:
+        raise SystemExit(f"unknown cases {sorted(unknown)}; choose from {CASES}")
+    torch_python = None if args.no_torch else find_torch_python(args.torch_python)
+    if not args.no_torch and torch_python is None:
+        raise SystemExit("no Python with torch found: pass --torch-python or --no-torch")
+    import jax
+
+    kind, peak = device_peak(args.dtype)
+    on_accelerator = jax.default_backend() != "cpu"
+    load_before = os.getloadavg()
+    results, torch_versions = {}, None
+    for case in cases:
+        case_args = argparse.Namespace(**vars(args))
+        if case == "infer_1024_tiled":
+            case_args.repeats, case_args.warmup = args.tiled_repeats, 1
+        other_conv = ("xla" if args.conv == "fast" else "fast") if args.compare_conv else None
+        jsr, *other = run_jsr(case, case_args, other_conv)
+        row = {"jsr_detail": summarise(jsr, True, peak)}
+        row["jsr"] = row["jsr_detail"]["throughput"]
+        if other:
+            row["jsr_other_detail"] = summarise(other[0], True, peak) | {"conv": other_conv}
+            row["jsr_other"] = row["jsr_other_detail"]["throughput"]
+        if torch_python:
+            overlap = jsr.get("overlap", 0)
+            torch = run_torch(case, case_args, torch_python, overlap)
+            torch_versions = torch["versions"]
+            row["torch_detail"] = summarise(torch, False, None)
+            row["torch"] = row["torch_detail"]["throughput"]
+            row["ratio"] = row["jsr"] / row["torch"]
+            if "jsr_other" in row:
+                row["ratio_other"] = row["jsr_other"] / row["torch"]
+        row["unit"] = "images/s" if case.startswith("train") else "output megapixels/s"
+        results[case] = row
+        print(format_row(case, row), flush=True)
+    report = {
+        "machine": machine_name(),
+        "device": kind,
+        "device_peak_flops": peak,
+        "on_accelerator": on_accelerator,
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "versions": versions(torch_versions, args),
+        "settings": {
+            k: getattr(args, k)
+            for k in ("batch", "patch", "n_feats", "num_blocks", "infer_side", "tiled_side", "tile", "repeats")
+        }
+        | {"warmup": args.warmup, "quick": args.quick},
+        "cases": results,
+    }
+    print(format_table(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def format_row(case: str, row: dict) -> str:
+    j = row["jsr_detail"]
+    text = f"{case}: jsr {row['jsr']:.3f} {row['unit']} ({j['median_s'] * 1e3:.0f} ms)"
+    if "torch" in row:
+        t = row["torch_detail"]
+        text += f", torch {row['torch']:.3f} ({t['median_s'] * 1e3:.0f} ms), ratio {row['ratio']:.2f}x"
+    if "jsr_other" in row:
+        o = row["jsr_other_detail"]
+        text += f"; jsr conv={o['conv']} {row['jsr_other']:.3f} ({o['median_s'] * 1e3:.0f} ms)"
+    return text
+
+
+def format_table(report: dict) -> str:
+    v = report["versions"]
+    lines = [
+        f"machine: {report['machine']}; device: {report['device']}",
+        f"jsr: Python {v['jsr_python']}, jax {v['jax']}, flax {v['flax']}, conv={v['jsr_conv']}, {v['dtype']}"
+        + (f"; torch {v['torch']} (Python {v['torch_python']}, {v['torch_threads']} threads)" if "torch" in v else ""),
+        "load average before {:.2f} {:.2f} {:.2f}, after {:.2f} {:.2f} {:.2f}".format(
+            *report["load_average_before"], *report["load_average_after"]
+        ),
+        "",
+        f"{'case':<18}{'unit':<22}{'jsr':>10}{'torch':>10}{'ratio':>8}{'jsr compile s':>15}"
+        f"{'jsr GFLOP/s':>13}{'peak RSS MB jsr/torch':>24}",
+    ]
+    for case, row in report["cases"].items():
+        j, t = row["jsr_detail"], row.get("torch_detail", {})
+        gflops = j.get("achieved_flops_per_s")
+        frac = j.get("fraction_of_peak")
+        lines.append(
+            f"{case:<18}{row['unit']:<22}{row['jsr']:>10.3f}"
+            + (f"{row['torch']:>10.3f}{row['ratio']:>7.2f}x" if "torch" in row else f"{'-':>10}{'-':>8}")
+            + f"{j.get('compile_s', 0):>15.1f}"
+            + (f"{gflops / 1e9:>13.1f}" if gflops else f"{'-':>13}")
+            + f"{j.get('peak_rss_mb', 0):>14.0f} / {t.get('peak_rss_mb', 0):<7.0f}"
+            + (f" {100 * frac:.1f}% of peak" if frac else "")
+        )
+        if "jsr_other" in row:
+            o = row["jsr_other_detail"]
+            ratio = f"{row['ratio_other']:>7.2f}x" if "ratio_other" in row else f"{'-':>8}"
+            lines.append(f"{'  conv=' + o['conv']:<18}{'':<22}{row['jsr_other']:>10.3f}{'':>10}{ratio}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

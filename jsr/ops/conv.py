@@ -1,0 +1,262 @@
+"""A drop-in ``lax.conv_general_dilated`` whose weight gradient uses a chosen formulation.
+
+``fast_conv`` has ``lax.conv_general_dilated``'s signature, so it plugs into Flax as
+``nn.Conv(..., conv_general_dilated=fast_conv)`` with the module, its parameters and their layout unchanged. Its
+forward pass and input gradient are XLA's own; only the kernel (weight) gradient differs, computed by one of
+``WEIGHT_GRADS`` (``benchmarks/conv_grad.py`` measures them against XLA's weight-gradient convolution):
+
+- ``xla``: XLA's own (the transpose of the convolution; reference).
+- ``taps``: one matmul per kernel tap, ``dW[i, j] = x_shifted(i, j)^T dy`` contracted over batch and space.
+- ``im2col``: the shifted slices concatenated on the channel axis, then ONE matmul ``patches^T dy``.
+- ``rows``: per kernel row, the width taps concatenated (kh matmuls of kw*Cin rows).
+
+Only 2-D NHWC / HWIO convolutions without dilation and without feature/batch groups take the custom path; every
+other call is passed to ``lax.conv_general_dilated`` unchanged. The custom path is a ``jax.custom_vjp``: it is
+reverse-differentiable (``jax.grad``, ``jax.vjp``) but NOT forward-differentiable (``jax.jvp`` raises), so models
+that are linearised in forward mode (Delta-STN's response) must use the plain path.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _is_nhwc(dimension_numbers, ndim: int) -> bool:
+    if ndim != 4:
+        return False
+    if dimension_numbers is None:  # lax's default is NCHW / OIHW
+        return False
+    if isinstance(dimension_numbers, lax.ConvDimensionNumbers):
+        return dimension_numbers == lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), NHWC)
+    return tuple(dimension_numbers) == NHWC
+
+
+def _explicit_padding(padding, lhs_shape, rhs_shape, strides) -> tuple[tuple[int, int], ...]:
+    if isinstance(padding, str):
+        return tuple(lax.padtype_to_pads(lhs_shape[1:3], rhs_shape[:2], strides, padding))
+    return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+# ------------------------------------------------------------------------------------------------ weight gradients
+
+
+def _shifted(xpad, i: int, j: int, out_hw: tuple[int, int], strides: tuple[int, int]):
+    """xpad[:, i + s*h, j + s*w, :] for h < Ho, w < Wo: the input pixels that kernel tap (i, j) multiplies."""
+    (ho, wo), (sh, sw) = out_hw, strides
+    n, _, _, c = xpad.shape
+    return lax.slice(xpad, (0, i, j, 0), (n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c), (1, sh, sw, 1))
+
+
+def _contract(a, dy, precision, out_dtype):
+    """sum over (n, h, w) of a[n, h, w, k] dy[n, h, w, o] -> (k, o)."""
+    out = lax.dot_general(
+        a, dy, (((0, 1, 2), (0, 1, 2)), ((), ())), precision=precision, preferred_element_type=jnp.float32
+    )
+    return out.astype(out_dtype)
+
+
+def weight_grad_xla(x, dy, kernel_shape, strides, padding, precision=None):
+    """XLA's weight gradient: the VJP of ``lax.conv_general_dilated`` with respect to the kernel (the reference)."""
+    kernel = jnp.zeros(kernel_shape, x.dtype)
+    _, vjp = jax.vjp(
+        lambda k: lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=NHWC, precision=precision),
+        kernel,
+    )
+    return vjp(dy)[0]
+
+
+def weight_grad_taps(x, dy, kernel_shape, strides, padding, precision=None):
+    kh, kw, _, _ = kernel_shape
+    xpad = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    out_hw = dy.shape[1:3]
+    taps = [
+        _contract(_shifted(xpad, i, j, out_hw, strides), dy, precision, x.dtype) for i in range(kh) for j in range(kw)
+    ]
+    return jnp.stack(taps).reshape(kernel_shape)
+
+
+def weight_grad_im2col(x, dy, kernel_shape, strides, padding, precision=None):
+    kh, kw, _, _ = kernel_shape
+    xpad = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    out_hw = dy.shape[1:3]
+    patches = jnp.concatenate([_shifted(xpad, i, j, out_hw, strides) for i in range(kh) for j in range(kw)], axis=-1)
+    return _contract(patches, dy, precision, x.dtype).reshape(kernel_shape)
+
+
+def weight_grad_rows(x, dy, kernel_shape, strides, padding, precision=None):
+    kh, kw, _, _ = kernel_shape
+    xpad = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    out_hw = dy.shape[1:3]
+    rows = []
+    for i in range(kh):
+        patches = jnp.concatenate([_shifted(xpad, i, j, out_hw, strides) for j in range(kw)], axis=-1)
+        rows.append(_contract(patches, dy, precision, x.dtype))
+    return jnp.stack(rows).reshape(kernel_shape)
+
+
+def _tile_side(size: int, target: int) -> int:
+    """The largest divisor of ``size`` that is <= ``target`` (``size`` itself when that is small)."""
+    if size <= target:
+        return size
+    return max(d for d in range(1, target + 1) if size % d == 0)
+
+
+def _fold_tiles(x, dy, kernel_shape, strides, padding, tile: int):
+    """Output tiles of at most ``tile`` x ``tile`` (each with the input window it reads, halo included) folded into
+    the batch axis: ``(x_tiles, dy_tiles, padding)`` give the same weight gradient as ``(x, dy, padding)``."""
+    kh, kw, _, _ = kernel_shape
+    (sh, sw), (ho, wo) = strides, dy.shape[1:3]
+    th, tw = _tile_side(ho, tile), _tile_side(wo, tile)
+    if (th, tw) == (ho, wo):
+        return x, dy, padding
+    xpad = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    n, _, _, c = xpad.shape
+    in_h, in_w = (th - 1) * sh + kh, (tw - 1) * sw + kw
+    xs, dys = [], []
+    for a in range(ho // th):
+        for b in range(wo // tw):
+            y0, x0 = a * th * sh, b * tw * sw
+            xs.append(lax.slice(xpad, (0, y0, x0, 0), (n, y0 + in_h, x0 + in_w, c)))
+            dys.append(dy[:, a * th : (a + 1) * th, b * tw : (b + 1) * tw])
+    return jnp.concatenate(xs), jnp.concatenate(dys), ((0, 0), (0, 0))
+
+
+def weight_grad_tiles(x, dy, kernel_shape, strides, padding, precision=None, tile: int = 24):
+    """XLA's weight gradient on output tiles folded into the batch (see ``_fold_tiles``)."""
+    x, dy, padding = _fold_tiles(x, dy, kernel_shape, strides, padding, tile)
+    return weight_grad_xla(x, dy, kernel_shape, strides, padding, precision)
+
+
+def weight_grad_chunks(x, dy, kernel_shape, strides, padding, precision=None, pixels: int = 9216, tile: int = 96):
+    """XLA's weight gradient summed over batch chunks of at most ``pixels`` output pixels each.
+
+    XLA's CPU weight-gradient convolution contracts over batch x output pixels; past ~10k of them it falls far
+    below the machine's matmul speed (6-15 GFLOP/s at 16 x 48 x 48 against ~80 at 16 x 24 x 24), so the sum is
+    split into chunks that stay in the fast regime. Images larger than ``tile`` are first cut into tiles.
+    """
+    x, dy, padding = _fold_tiles(x, dy, kernel_shape, strides, padding, tile)
+    n, ho, wo, _ = dy.shape
+    per = max(1, pixels // (ho * wo))
+    total = None
+    for i in range(0, n, per):
+        part = weight_grad_xla(x[i : i + per], dy[i : i + per], kernel_shape, strides, padding, precision)
+        part = part.astype(jnp.float32)
+        total = part if total is None else total + part
+    return total.astype(x.dtype)
+
+
+def weight_grad_auto(x, dy, kernel_shape, strides, padding, precision=None):
+    """The measured choice (benchmarks/conv_grad.py, jax 0.12 CPU): batch chunks of 2304 output pixels where XLA's
+    weight gradient leaves its fast regime (more than 9216 batch x output pixels, >= 16 channels in and out), XLA's
+    own elsewhere (it is as fast or faster there, and much faster for the 3-channel last conv)."""
+    n, ho, wo, cout = dy.shape
+    if n * ho * wo > 9216 and min(x.shape[-1], cout) >= 16:
+        return weight_grad_chunks(x, dy, kernel_shape, strides, padding, precision, pixels=2304)
+    return weight_grad_xla(x, dy, kernel_shape, strides, padding, precision)
+
+
+WEIGHT_GRADS = {
+    "xla": weight_grad_xla,
+    "taps": weight_grad_taps,
+    "im2col": weight_grad_im2col,
+    "rows": weight_grad_rows,
+    "tiles": weight_grad_tiles,
+    "chunks": weight_grad_chunks,
+    "chunks4k": functools.partial(weight_grad_chunks, pixels=4608),
+    "chunks2k": functools.partial(weight_grad_chunks, pixels=2304),
+    "auto": weight_grad_auto,
+}
+# The formulation ``fast_conv`` uses (chosen by benchmarks/conv_grad.py's figures on the target CPU).
+DEFAULT_WEIGHT_GRAD = "auto"
+
+
+# ------------------------------------------------------------------------------------------------ the custom VJP
+
+
+@functools.cache
+def _custom_conv(strides: tuple[int, int], padding: tuple[tuple[int, int], ...], precision, weight_grad: str):
+    wgrad = WEIGHT_GRADS[weight_grad]
+
+    def plain(x, k):
+        return lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=NHWC, precision=precision)
+
+    @jax.custom_vjp
+    def conv(x, k):
+        return plain(x, k)
+
+    def fwd(x, k):
+        return plain(x, k), (x, k)
+
+    def bwd(res, dy):
+        x, k = res
+        _, vjp_x = jax.vjp(lambda x_: plain(x_, k), x)  # XLA's input gradient
+        (dx,) = vjp_x(dy)
+        dk = wgrad(x, dy.astype(x.dtype), k.shape, strides, padding, precision).astype(k.dtype)
+        return dx, dk
+
+    conv.defvjp(fwd, bwd)
+    return conv
+
+
+def fast_conv(
+    lhs,
+    rhs,
+    window_strides: Sequence[int],
+    padding,
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers=None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision=None,
+    preferred_element_type=None,
+    *,
+    weight_grad: str = DEFAULT_WEIGHT_GRAD,
+):
+    """``lax.conv_general_dilated`` with the kernel gradient computed by ``WEIGHT_GRADS[weight_grad]``."""
+    plain_call = functools.partial(
+        lax.conv_general_dilated,
+        lhs,
+        rhs,
+        window_strides,
+        padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+    undilated = all(d == 1 for d in (lhs_dilation or ())) and all(d == 1 for d in (rhs_dilation or ()))
+    if (
+        weight_grad == "xla"
+        or not _is_nhwc(dimension_numbers, jnp.ndim(lhs))
+        or not undilated
+        or feature_group_count != 1
+        or batch_group_count != 1
+        or preferred_element_type is not None
+        or jnp.result_type(lhs) != jnp.result_type(rhs)
+    ):
+        return plain_call()
+    strides = tuple(int(s) for s in window_strides)
+    pads = _explicit_padding(padding, jnp.shape(lhs), jnp.shape(rhs), strides)
+    return _custom_conv(strides, pads, precision, weight_grad)(lhs, rhs)
+
+
+CONV_PATHS = ("xla", "fast")
+
+
+def conv_function(path: str):
+    """The ``conv_general_dilated`` to give ``nn.Conv`` for a model's ``conv`` switch: None (Flax's default,
+    ``lax.conv_general_dilated``) for 'xla', ``fast_conv`` for 'fast'."""
+    if path not in CONV_PATHS:
+        raise ValueError(f"conv={path!r}: choose from {CONV_PATHS}")
+    return None if path == "xla" else fast_conv

@@ -1,0 +1,32 @@
+"""Smoke test of benchmarks/run.py on tiny shapes: it runs end to end and writes the documented JSON (no timings
+are asserted)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_run():
+    spec = importlib.util.spec_from_file_location("jsr_benchmarks_run", ROOT / "benchmarks" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_run_quick_writes_side_by_side_json(tmp_path):
+    run = load_run()
+    torch_python = run.find_torch_python(None)
+    argv = ["--quick", "--cases", "train_mse,infer_128", "--repeats", "1", "--json", str(tmp_path / "out.json")]
+    report = run.main(argv + ([] if torch_python else ["--no-torch"]))
+    saved = json.loads((tmp_path / "out.json").read_text())
+    assert saved["cases"].keys() == report["cases"].keys() == {"train_mse", "infer_128"}
+    assert saved["machine"] and saved["versions"]["jax"]
+    for case in saved["cases"].values():
+        assert case["jsr"] > 0
+        assert case["jsr_detail"]["compile_s"] >= 0
+        if torch_python:
+            assert case["torch"] > 0 and abs(case["ratio"] - case["jsr"] / case["torch"]) < 1e-9
+    if torch_python:
+        assert saved["versions"]["torch"]

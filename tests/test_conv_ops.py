@@ -1,0 +1,160 @@
+"""jsr.ops.conv: every weight-gradient formulation, and the models' conv='fast' switch, against plain lax / XLA."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jsr.models import Discriminator, Generator
+from jsr.ops.conv import NHWC, WEIGHT_GRADS, conv_function, fast_conv, weight_grad_chunks, weight_grad_tiles
+
+# (kernel, stride, padding) as the models use them: 3x3 same, 9x9 same (conv01), 3x3 stride 2 pad (1, 1) (D).
+CASES = [(3, 1, ((1, 1), (1, 1))), (9, 1, ((4, 4), (4, 4))), (3, 2, ((1, 1), (1, 1)))]
+TOL = dict(rtol=1e-4, atol=1e-5)
+
+
+def data(k, cin=5, cout=7, n=2, side=11, seed=0):
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.standard_normal((n, side, side, cin), np.float32))
+    w = jnp.asarray(rng.standard_normal((k, k, cin, cout), np.float32) / k)
+    return x, w
+
+
+def plain(x, w, stride, pad):
+    return lax.conv_general_dilated(x, w, (stride, stride), pad, dimension_numbers=NHWC)
+
+
+@pytest.mark.parametrize("formulation", sorted(WEIGHT_GRADS))
+@pytest.mark.parametrize("k,stride,pad", CASES)
+def test_fast_conv_equals_lax_forward_and_gradients(formulation, k, stride, pad):
+    x, w = data(k)
+
+    def loss(conv, x, w):
+        y = conv(x, w)
+        return jnp.sum(jnp.sin(y) * jnp.arange(y.size, dtype=y.dtype).reshape(y.shape) / y.size)
+
+    fast = lambda x, w: fast_conv(x, w, (stride, stride), pad, dimension_numbers=NHWC, weight_grad=formulation)  # noqa: E731
+    ref = lambda x, w: plain(x, w, stride, pad)  # noqa: E731
+    np.testing.assert_allclose(jax.jit(fast)(x, w), ref(x, w), **TOL)
+    got = jax.jit(jax.grad(lambda x, w: loss(fast, x, w), argnums=(0, 1)))(x, w)
+    want = jax.grad(lambda x, w: loss(ref, x, w), argnums=(0, 1))(x, w)
+    for g, r in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, r, **TOL)
+
+
+SMALL_PIECES = {  # chunking and tiling exercised at test sizes
+    "chunks_small": functools.partial(weight_grad_chunks, pixels=30, tile=4),
+    "tiles_small": functools.partial(weight_grad_tiles, tile=4),
+}
+
+
+@pytest.mark.parametrize("formulation", sorted(set(WEIGHT_GRADS) - {"xla"}) + sorted(SMALL_PIECES))
+def test_weight_grad_formulations_equal_xla_on_odd_sizes(formulation):
+    """Even input sides with stride 2, 1-pixel output, and an asymmetric padding."""
+    wgrad = (WEIGHT_GRADS | SMALL_PIECES)[formulation]
+    for side, k, stride, pad in [
+        (12, 3, 2, ((1, 1), (1, 1))),
+        (3, 3, 1, ((0, 0), (0, 0))),
+        (10, 3, 2, ((0, 1), (0, 1))),
+    ]:
+        x, w = data(k, side=side)
+        dy = jnp.asarray(np.random.default_rng(1).standard_normal(plain(x, w, stride, pad).shape, np.float32))
+        _, vjp = jax.vjp(lambda w_, x=x, s=stride, p=pad: plain(x, w_, s, p), w)
+        got = wgrad(x, dy, w.shape, (stride, stride), pad)
+        np.testing.assert_allclose(got, vjp(dy)[0], **TOL)
+
+
+def test_auto_takes_the_chunked_path_above_its_threshold_and_stays_exact():
+    """2 x 72 x 72 output pixels > 9216 with 16 channels: 'auto' sums per-image chunks; equal to XLA's gradient."""
+    x, w = data(3, cin=16, cout=16, side=72)
+    pad = ((1, 1), (1, 1))
+    f = lambda conv: jax.grad(lambda w_: jnp.sum(jnp.tanh(conv(x, w_))))  # noqa: E731
+    fast = lambda x, w: fast_conv(x, w, (1, 1), pad, dimension_numbers=NHWC, weight_grad="auto")  # noqa: E731
+    got, want = jax.jit(f(fast))(w), jax.jit(f(lambda x, w: plain(x, w, 1, pad)))(w)
+    # sums of ~10k float32 products in another order: absolute tolerance on the gradient's scale
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(want))))
+
+
+def test_fast_conv_passes_other_convolutions_through():
+    """String padding takes the custom path; NCHW layout and dilation go to lax unchanged."""
+    x, w = data(3)
+    np.testing.assert_allclose(
+        fast_conv(x, w, (1, 1), "SAME", dimension_numbers=NHWC), plain(x, w, 1, ((1, 1), (1, 1))), **TOL
+    )
+    xc, wc = jnp.transpose(x, (0, 3, 1, 2)), jnp.transpose(w, (3, 2, 0, 1))
+    np.testing.assert_allclose(
+        fast_conv(xc, wc, (1, 1), "SAME", rhs_dilation=(2, 2)),
+        lax.conv_general_dilated(xc, wc, (1, 1), "SAME", rhs_dilation=(2, 2)),
+        **TOL,
+    )
+    with pytest.raises(ValueError, match="conv="):
+        conv_function("cudnn")
+
+
+def test_flax_conv_with_fast_conv_keeps_parameters_and_values():
+    x, _ = data(3, side=9)
+    plain_conv = nn.Conv(6, (3, 3), padding=((1, 1), (1, 1)))
+    fast = nn.Conv(6, (3, 3), padding=((1, 1), (1, 1)), conv_general_dilated=fast_conv)
+    variables = plain_conv.init(jax.random.PRNGKey(0), x)
+    assert jax.tree.map(jnp.shape, fast.init(jax.random.PRNGKey(0), x)) == jax.tree.map(jnp.shape, variables)
+    assert "custom_vjp" in str(jax.make_jaxpr(fast.apply)(variables, x))  # the custom path is taken
+    assert "custom_vjp" not in str(jax.make_jaxpr(plain_conv.apply)(variables, x))
+    with pytest.raises(TypeError, match="custom_vjp"):  # documented: reverse mode only
+        jax.jvp(lambda v: fast.apply(v, x), (variables,), (variables,))
+    grad = lambda m: jax.grad(lambda v: jnp.sum(jnp.tanh(m.apply(v, x))))(variables)  # noqa: E731
+    np.testing.assert_allclose(fast.apply(variables, x), plain_conv.apply(variables, x), **TOL)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **TOL), grad(fast), grad(plain_conv))
+
+
+def _compare_models(make, x, train_kwargs):
+    ref_model, fast_model = make("xla"), make("fast")
+    variables = jax.jit(ref_model.init)(jax.random.PRNGKey(0), x)  # jitted: eager init compiles op by op
+    jaxpr = str(jax.make_jaxpr(lambda v: fast_model.apply(v, x, mutable=["batch_stats"], **train_kwargs))(variables))
+    assert "custom_vjp" in jaxpr
+    assert jax.tree.map(jnp.shape, jax.eval_shape(fast_model.init, jax.random.PRNGKey(0), x)) == jax.tree.map(
+        jnp.shape, variables
+    )
+
+    def loss(model, params):
+        out, updates = model.apply(
+            {"params": params, "batch_stats": variables["batch_stats"]}, x, mutable=["batch_stats"], **train_kwargs
+        )
+        return jnp.mean(jnp.square(out - 0.3)), (out, updates)
+
+    (l_ref, (o_ref, u_ref)), g_ref = jax.jit(jax.value_and_grad(lambda p: loss(ref_model, p), has_aux=True))(
+        variables["params"]
+    )
+    (l_fast, (o_fast, u_fast)), g_fast = jax.jit(jax.value_and_grad(lambda p: loss(fast_model, p), has_aux=True))(
+        variables["params"]
+    )
+    np.testing.assert_allclose(o_fast, o_ref, **TOL)
+    np.testing.assert_allclose(l_fast, l_ref, **TOL)
+    # Absolute tolerance on the gradients' own scale: the biases of convs feeding a BatchNorm have a zero gradient
+    # in exact arithmetic, i.e. pure rounding noise in both paths.
+    scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(g_ref))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * scale), g_fast, g_ref)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **TOL), u_fast, u_ref)
+
+
+def test_generator_fast_equals_xla():
+    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 10, 10, 3)).astype(np.float32))
+    _compare_models(lambda conv: Generator(n_feats=8, num_blocks=2, conv=conv), x, {"train": True})
+
+
+def test_discriminator_fast_equals_xla():
+    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32))
+    _compare_models(lambda conv: Discriminator(patch_size=32, n_feats=8, conv=conv), x, {"train": True})
+
+
+def test_generator_fast_inference_with_mask_equals_xla():
+    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (1, 12, 12, 3)).astype(np.float32))
+    mask = jnp.zeros((1, 12, 12, 1)).at[:, :9, :7].set(1.0)
+    ref = Generator(n_feats=8, num_blocks=2)
+    variables = jax.jit(ref.init)(jax.random.PRNGKey(0), x)
+    fast = Generator(n_feats=8, num_blocks=2, conv="fast")
+    got = jax.jit(lambda v: fast.apply(v, x, valid_mask=mask))(variables)
+    np.testing.assert_allclose(got, jax.jit(lambda v: ref.apply(v, x, valid_mask=mask))(variables), **TOL)
