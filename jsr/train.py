@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jsr import checkpoints, losses, metrics, parallel
+from jsr import checkpoints, images, losses, metrics, parallel
 from jsr import data as jdata
 from jsr.inference import Upscaler
 from jsr.logger import MetricLogger
@@ -271,7 +271,9 @@ class Validator:
         self.mesh = parallel.make_mesh(jax.local_devices())  # every process validates on its own devices
         self.generator = generator.clone(dtype=jnp.float32)
         self.upscaler: Upscaler | None = None
-        self.bicubic = [np.clip(images_resize(lr, hr.shape[:2]), 0, 1) for lr, hr in zip(self.lr, self.hr, strict=True)]
+        self.bicubic = [
+            np.clip(images.resize(lr, hr.shape[:2], "bicubic"), 0, 1) for lr, hr in zip(self.lr, self.hr, strict=True)
+        ]
         self.baseline = self._scores(self.bicubic)
 
     @functools.cached_property
@@ -308,18 +310,10 @@ class Validator:
         """LR (nearest) | bicubic | SR | HR rows for the first ``count`` images of equal size to the first."""
         rows = []
         for lr, bic, sr, hr in list(zip(self.lr, self.bicubic, outputs, self.hr, strict=True))[:count]:
-            if rows and hr.shape != rows[0].shape[:2] + (3,) and hr.shape[0] != rows[0].shape[0]:
-                continue
             nearest = np.repeat(np.repeat(lr, self.scale, 0), self.scale, 1)
             rows.append(np.concatenate([nearest, bic, np.clip(sr, 0, 1), hr], axis=1))
         rows = [r for r in rows if r.shape == rows[0].shape]
         return np.concatenate(rows, axis=0) if rows else None
-
-
-def images_resize(lr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    from jsr.images import resize
-
-    return resize(lr, size, "bicubic")
 
 
 # ------------------------------------------------------------------------------------------------ the run
