@@ -162,12 +162,13 @@ def jsr_train(case: str, args) -> tuple:
         if args.conv != "xla":
             d_kwargs["conv"] = args.conv
         discriminator = Discriminator(**d_kwargs)
-    vgg = load_vgg(config) if gan else None
+    vgg_module, vgg_vars = load_vgg(config) if gan else (None, None)
+    frozen = jax.device_put({"vgg": vgg_vars} if gan else {})
     template = generator.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))["params"]
     tx_g = make_optimizer(config.optim.g, template)
     tx_d = make_optimizer(config.optim.d, None) if gan else None
     state = initial_state(config, generator, discriminator, tx_g, tx_d)
-    train_step, _ = make_steps(config, generator, discriminator, vgg, tx_g, tx_d, g_bn_train=True)
+    train_step, _ = make_steps(config, generator, discriminator, vgg_module, tx_g, tx_d, g_bn_train=True)
     rng = np.random.default_rng(0)
     hr_side = 4 * args.patch
     batch = {
@@ -177,12 +178,12 @@ def jsr_train(case: str, args) -> tuple:
     batch = jax.device_put(batch)
     aug = jax.device_put(jdata.augment_params(config.data.augment, args.batch))
     start = time.perf_counter()
-    compiled = train_step.lower(state, batch, aug).compile()
+    compiled = train_step.lower(state, batch, aug, frozen).compile()
     compile_s = time.perf_counter() - start
     holder = {"state": state}
 
     def step():
-        holder["state"], out = compiled(holder["state"], batch, aug)
+        holder["state"], out = compiled(holder["state"], batch, aug, frozen)
         float(out["g_loss"])  # the host reads a metric, as the training loop does (and torch's .item())
 
     return step, {

@@ -155,8 +155,13 @@ def initial_state(config, generator, discriminator, tx_g, tx_d) -> TrainState:
 # ------------------------------------------------------------------------------------------------ steps
 
 
-def make_steps(config, generator, discriminator, vgg, tx_g, tx_d, g_bn_train: bool):
-    """The jitted train step ``(state, batch, aug_params) -> (state, metrics)`` and the D-only step."""
+def make_steps(config, generator, discriminator, vgg_module, tx_g, tx_d, g_bn_train: bool):
+    """The jitted train step ``(state, batch, aug_params, frozen) -> (state, metrics)`` and the D-only step.
+
+    ``frozen`` holds the variables that are used but never trained (``{"vgg": ...}`` for the perceptual loss, else
+    ``{}``). They are an argument rather than captured by the closure: captured arrays would be baked into the
+    program as constants, which costs seconds of compile time and lets XLA fuse the whole VGG into one slow kernel.
+    """
     w = config.loss
     scale = config.data.scale
     aug = config.data.augment
@@ -194,12 +199,12 @@ def make_steps(config, generator, discriminator, vgg, tx_g, tx_d, g_bn_train: bo
         out = {"d_loss": d_loss, "d_real": jnp.mean(jax.nn.sigmoid(real)), "d_fake": jnp.mean(jax.nn.sigmoid(fake))}
         return state.replace(d_params=params, d_batch_stats=stats, d_opt_state=opt_state), out
 
-    def sr_loss(sr, hr, state):
+    def sr_loss(sr, hr, state, frozen):
         """Generator loss as a function of its output: pixel, perceptual, adversarial, TV."""
         parts = {"pixel_mse": losses.pixel_mse(sr, hr)}
         total = w.pixel * parts["pixel_mse"]
-        if vgg is not None and w.vgg:
-            vgg_module, vgg_vars = vgg
+        if vgg_module is not None and w.vgg:
+            vgg_vars = frozen["vgg"]
             taps = (w.vgg_tap,)
             f_sr = vgg_module.apply(vgg_vars, sr, taps=taps)[w.vgg_tap]
             f_hr = jax.lax.stop_gradient(vgg_module.apply(vgg_vars, hr, taps=taps)[w.vgg_tap])
@@ -214,7 +219,7 @@ def make_steps(config, generator, discriminator, vgg, tx_g, tx_d, g_bn_train: bo
             total += w.tv * parts["tv"]
         return total, parts
 
-    def train_step(state: TrainState, batch, aug_params):
+    def train_step(state: TrainState, batch, aug_params, frozen):
         rng, aug_rng = jax.random.split(state.rng)
         lr, hr = prepare(aug_rng, batch, aug_params)
         # One generator forward serves both updates: D sees its output, G's gradient flows back through a VJP.
@@ -222,7 +227,7 @@ def make_steps(config, generator, discriminator, vgg, tx_g, tx_d, g_bn_train: bo
         out = {}
         if discriminator is not None:
             state, out = d_update(state, hr, sr)
-        (g_loss, parts), d_sr = jax.value_and_grad(sr_loss, has_aux=True)(sr, hr, state)
+        (g_loss, parts), d_sr = jax.value_and_grad(sr_loss, has_aux=True)(sr, hr, state, frozen)
         (grads,) = g_vjp(d_sr)
         updates, opt_state = tx_g.update(grads, state.g_opt_state, state.g_params)
         updates = jax.tree.map(lambda u: u * state.lr_scale, updates)
@@ -233,7 +238,7 @@ def make_steps(config, generator, discriminator, vgg, tx_g, tx_d, g_bn_train: bo
         )
         return state, out
 
-    def d_only_step(state: TrainState, batch, aug_params):
+    def d_only_step(state: TrainState, batch, aug_params, frozen):
         """An extra discriminator pass on a fresh batch (the seed's early-training schedule)."""
         rng, aug_rng = jax.random.split(state.rng)
         lr, hr = prepare(aug_rng, batch, aug_params)
@@ -358,14 +363,15 @@ def standard_method(config, mesh, generator: Generator, train_iter) -> Method:
             dtype=dtype,
             conv=config.model.get("conv", "xla"),
         )
-    vgg = load_vgg(config) if config.stage == "gan" and config.loss.vgg else None
+    vgg_module, vgg_vars = load_vgg(config) if config.stage == "gan" and config.loss.vgg else (None, None)
+    frozen = parallel.put_replicated({"vgg": vgg_vars} if vgg_module is not None else {}, mesh)
     trainable = tuple(config.optim.get("trainable", ()))
     g_bn_train = not (trainable and config.optim.get("freeze_frozen_batch_stats", True))
     template = generator.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))["params"]
     tx_g = make_optimizer(config.optim.g, template, trainable)
     tx_d = make_optimizer(config.optim.d, None) if discriminator is not None else None
     state = parallel.put_replicated(initial_state(config, generator, discriminator, tx_g, tx_d), mesh)
-    train_step, d_only_step = make_steps(config, generator, discriminator, vgg, tx_g, tx_d, g_bn_train)
+    train_step, d_only_step = make_steps(config, generator, discriminator, vgg_module, tx_g, tx_d, g_bn_train)
     aug_params = parallel.put_batch(
         jdata.augment_params(config.data.augment, config.batch_size // jax.process_count()), mesh
     )
@@ -373,8 +379,8 @@ def standard_method(config, mesh, generator: Generator, train_iter) -> Method:
 
     def advance(state, step):
         for _ in range(extra_d_passes(config, step) if discriminator is not None else 0):
-            state, _ = d_only_step(state, next(train_iter), aug_params)
-        return train_step(state, next(train_iter), aug_params)
+            state, _ = d_only_step(state, next(train_iter), aug_params, frozen)
+        return train_step(state, next(train_iter), aug_params, frozen)
 
     def after_validation(state, scores):
         if method.plateau is None:

@@ -60,12 +60,25 @@ def test_weight_grad_formulations_equal_xla_on_odd_sizes(formulation):
         (12, 3, 2, ((1, 1), (1, 1))),
         (3, 3, 1, ((0, 0), (0, 0))),
         (10, 3, 2, ((0, 1), (0, 1))),
+        (7, 3, 1, ((3, 0), (2, 3))),  # padding beyond kernel - 1, stride 1
     ]:
         x, w = data(k, side=side)
         dy = jnp.asarray(np.random.default_rng(1).standard_normal(plain(x, w, stride, pad).shape, np.float32))
         _, vjp = jax.vjp(lambda w_, x=x, s=stride, p=pad: plain(x, w_, s, p), w)
         got = wgrad(x, dy, w.shape, (stride, stride), pad)
         np.testing.assert_allclose(got, vjp(dy)[0], **TOL)
+
+
+def test_out_patches_is_what_auto_takes_for_few_output_channels():
+    """The last conv's shape class (16 in, 3 out, stride 1): 'auto' and 'out_patches' equal XLA's gradient."""
+    x, w = data(3, cin=16, cout=3, side=13)
+    pad = ((1, 1), (1, 1))
+    dy = jnp.asarray(np.random.default_rng(2).standard_normal(plain(x, w, 1, pad).shape, np.float32))
+    want = jax.vjp(lambda w_: plain(x, w_, 1, pad), w)[1](dy)[0]
+    for name in ("auto", "out_patches"):
+        np.testing.assert_allclose(
+            jax.jit(WEIGHT_GRADS[name], static_argnums=(2, 3, 4))(x, dy, w.shape, (1, 1), pad), want, **TOL
+        )
 
 
 def test_auto_takes_the_chunked_path_above_its_threshold_and_stays_exact():

@@ -9,6 +9,9 @@ forward pass and input gradient are XLA's own; only the kernel (weight) gradient
 - ``taps``: one matmul per kernel tap, ``dW[i, j] = x_shifted(i, j)^T dy`` contracted over batch and space.
 - ``im2col``: the shifted slices concatenated on the channel axis, then ONE matmul ``patches^T dy``.
 - ``rows``: per kernel row, the width taps concatenated (kh matmuls of kw*Cin rows).
+- ``tiles`` / ``chunks``: XLA's own on output tiles / batch chunks small enough for its fast regime.
+- ``out_patches``: the shifted copies of the OUTPUT gradient, one matmul with ``x`` (few output channels).
+- ``auto``: the measured choice among these per shape (the default).
 
 Only 2-D NHWC / HWIO convolutions without dilation and without feature/batch groups take the custom path; every
 other call is passed to ``lax.conv_general_dilated`` unchanged. The custom path is a ``jax.custom_vjp``: it is
@@ -152,11 +155,46 @@ def weight_grad_chunks(x, dy, kernel_shape, strides, padding, precision=None, pi
     return total.astype(x.dtype)
 
 
+def weight_grad_out_patches(x, dy, kernel_shape, strides, padding, precision=None):
+    """For few output channels (the generator's 64 -> 3 last conv): the patches of ``dy``, not of ``x``.
+
+    ``dW[i, j, c, o] = sum_q x[q, c] dy[q + pad - (i, j), o]``: the kh*kw shifted copies of ``dy`` (kh*kw*Cout
+    channels, small when Cout is) are stacked and contracted with ``x`` in ONE matmul over all pixels, reading the
+    large ``x`` once and never transposing it. Stride 1 only (other strides go to XLA's).
+    """
+    if tuple(strides) != (1, 1):
+        return weight_grad_xla(x, dy, kernel_shape, strides, padding, precision)
+    kh, kw, cin, cout = kernel_shape
+    (pt, pb), (pl, pr) = padding
+    n, h, w, _ = x.shape
+    # dy placed so that the slice starting at (kh-1-i, kw-1-j) reads dy[a + pt - i, b + pl - j] for input pixel
+    # (a, b), zero where that is off dy (negative pads crop, when the conv's padding exceeds kernel - 1)
+    dy_pad = lax.pad(
+        dy,
+        jnp.zeros((), dy.dtype),
+        ((0, 0, 0), (kh - 1 - pt, kh - 1 - pb, 0), (kw - 1 - pl, kw - 1 - pr, 0), (0, 0, 0)),
+    )
+    taps = [dy_pad[:, kh - 1 - i : kh - 1 - i + h, kw - 1 - j : kw - 1 - j + w] for i in range(kh) for j in range(kw)]
+    patches = jnp.concatenate(taps, axis=-1).reshape(n * h * w, kh * kw * cout)
+    # (kh*kw*Cout, Cin): the small operand first measured 1.5x faster than x^T @ patches on XLA CPU
+    out = lax.dot_general(
+        patches,
+        x.reshape(n * h * w, cin),
+        (((0,), (0,)), ((), ())),
+        precision=precision,
+        preferred_element_type=jnp.float32,
+    )
+    return out.reshape(kh, kw, cout, cin).transpose(0, 1, 3, 2).astype(x.dtype)
+
+
 def weight_grad_auto(x, dy, kernel_shape, strides, padding, precision=None):
-    """The measured choice (benchmarks/conv_grad.py, jax 0.12 CPU): batch chunks of 2304 output pixels where XLA's
-    weight gradient leaves its fast regime (more than 9216 batch x output pixels, >= 16 channels in and out), XLA's
-    own elsewhere (it is as fast or faster there, and much faster for the 3-channel last conv)."""
+    """The measured choice (benchmarks/conv_grad.py, jax 0.12 CPU): the patches of ``dy`` for stride-1 convs with
+    at most 8 output and at least 16 input channels (the 3-channel last conv: 4-5x XLA's); batch chunks of 2304
+    output pixels where XLA's weight gradient leaves its fast regime (more than 9216 batch x output pixels, >= 16
+    channels in and out); XLA's own elsewhere (as fast or faster there)."""
     n, ho, wo, cout = dy.shape
+    if tuple(strides) == (1, 1) and cout <= 8 and x.shape[-1] >= 16:
+        return weight_grad_out_patches(x, dy, kernel_shape, strides, padding, precision)
     if n * ho * wo > 9216 and min(x.shape[-1], cout) >= 16:
         return weight_grad_chunks(x, dy, kernel_shape, strides, padding, precision, pixels=2304)
     return weight_grad_xla(x, dy, kernel_shape, strides, padding, precision)
@@ -171,6 +209,7 @@ WEIGHT_GRADS = {
     "chunks": weight_grad_chunks,
     "chunks4k": functools.partial(weight_grad_chunks, pixels=4608),
     "chunks2k": functools.partial(weight_grad_chunks, pixels=2304),
+    "out_patches": weight_grad_out_patches,
     "auto": weight_grad_auto,
 }
 # The formulation ``fast_conv`` uses (chosen by benchmarks/conv_grad.py's figures on the target CPU).
