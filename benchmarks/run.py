@@ -9,8 +9,8 @@ Cases (same shapes on both sides; defaults are SRGAN's: SRResNet 16 blocks x 64 
   infer_1024_tiled  the same on 1024x1024 (-> 4096x4096), tiled by the Upscaler's defaults: output megapixels/s
 The jsr side runs in this process; the PyTorch side (``benchmarks/torch_reference.py``) in a fresh subprocess of a
 Python that has torch (``--torch-python``), right after the jsr side of the same case, so that background load
-hits both alike. jsr runs with ``--conv`` (default 'fast', ``jsr.ops.conv``; ``--compare-conv`` also times the
-other path in the same case). Each side: warm-up excluded, median of ``--repeats`` timed repetitions. jsr's
+hits both alike. jsr runs with ``--conv`` (default 'auto': 'fast', ``jsr.ops.conv``, on CPU, as training does;
+``--compare-conv`` also times the other path in the same case). Each side: warm-up excluded, median of ``--repeats`` timed repetitions. jsr's
 compile time is reported apart (lower + compile of the step; for inference, first call minus the median). Peak
 memory: the torch process's peak RSS per case; jsr's process peak RSS so far (cumulative over the cases run in this
 process) and XLA's own buffer sizes for the case. FLOPs come from XLA's cost analysis of the compiled computation;
@@ -333,7 +333,9 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=5, help="timed repetitions per side and case (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed repetitions first (>= 1; the first compiles)")
     p.add_argument("--quick", action="store_true", help="tiny shapes, 1 warm-up, 2 repetitions: a smoke run")
-    p.add_argument("--conv", default="fast", choices=["xla", "fast"], help="jsr's convolution path (models' conv=)")
+    p.add_argument(
+        "--conv", default="auto", choices=["auto", "xla", "fast"], help="jsr's convolution path (config.model.conv)"
+    )
     p.add_argument(
         "--compare-conv", action="store_true", help="train cases: also time jsr with the other conv path (jsr_other)"
     )
@@ -371,6 +373,9 @@ def main(argv=None) -> dict:
         raise SystemExit("no Python with torch found: pass --torch-python or --no-torch")
     import jax
 
+    from jsr.ops.conv import resolve_conv
+
+    args.conv = resolve_conv(args.conv, jax.default_backend())  # what training would use on this backend
     kind, peak = device_peak(args.dtype)
     on_accelerator = jax.default_backend() != "cpu"
     load_before = os.getloadavg()

@@ -52,8 +52,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.distributed = ml_collections.ConfigDict(
         {"enabled": False, "coordinator_address": "", "num_processes": 0, "process_id": -1}
     )
-    # conv 'fast': jsr.ops.conv's chunked weight gradient (faster CPU training; reverse mode only, so not Delta-STN)
-    c.model = ml_collections.ConfigDict({"n_feats": 64, "num_blocks": 16, "bicubic_skip": False, "conv": "xla"})
+    # conv: how the convolutions are computed, not what (same outputs and gradients, tested): 'fast' = jsr.ops.conv's
+    # weight gradients (faster CPU training; reverse mode only, so not Delta-STN), 'xla' = XLA's own, 'auto' = 'fast'
+    # on CPU unless Delta-STN is on, 'xla' on GPU/TPU
+    c.model = ml_collections.ConfigDict({"n_feats": 64, "num_blocks": 16, "bicubic_skip": False, "conv": "auto"})
     c.discriminator = ml_collections.ConfigDict({"n_feats": 64, "patch_size": 0})  # 0: scale x data.patch_size
     c.loss = ml_collections.ConfigDict(
         {

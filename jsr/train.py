@@ -32,6 +32,7 @@ from jsr import data as jdata
 from jsr.inference import Upscaler
 from jsr.logger import MetricLogger
 from jsr.models import Discriminator, Generator, VGG19Features
+from jsr.ops.conv import resolve_conv
 from jsr.optim import Plateau, make_optimizer
 
 STAGES = ("mse", "gan")
@@ -63,6 +64,16 @@ def compute_dtype(config: ml_collections.ConfigDict):
     if config.compute_dtype not in names:
         raise TrainingError(f"config.compute_dtype {config.compute_dtype!r}: choose from {sorted(names)}")
     return names[config.compute_dtype]
+
+
+def conv_path(config: ml_collections.ConfigDict) -> str:
+    """config.model.conv resolved for this run's backend and method (``jsr.ops.conv.resolve_conv``)."""
+    try:
+        return resolve_conv(
+            config.model.get("conv", "auto"), jax.default_backend(), config.deltastn.get("enabled", False)
+        )
+    except ValueError as e:
+        raise TrainingError(f"config.model.{e}") from e
 
 
 def generator_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -361,7 +372,7 @@ def standard_method(config, mesh, generator: Generator, train_iter) -> Method:
             patch_size=discriminator_patch(config),
             n_feats=config.discriminator.n_feats,
             dtype=dtype,
-            conv=config.model.get("conv", "xla"),
+            conv=conv_path(config),
         )
     vgg_module, vgg_vars = load_vgg(config) if config.stage == "gan" and config.loss.vgg else (None, None)
     frozen = parallel.put_replicated({"vgg": vgg_vars} if vgg_module is not None else {}, mesh)
@@ -411,7 +422,7 @@ def deltastn_method(config, mesh, generator: Generator, train_iter) -> Method:
         raise TrainingError("config.deltastn needs stage 'mse' (the validation objective is pixel MSE)")
     if config.optim.plateau.get("enabled", False):
         raise TrainingError("config.deltastn tunes its own hyperparameters: disable config.optim.plateau")
-    if config.model.get("conv", "xla") != "xla":
+    if conv_path(config) != "xla":
         raise TrainingError(
             "config.deltastn needs config.model.conv='xla': the fast conv has no forward-mode (jvp) rule"
         )
@@ -466,7 +477,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     mesh = parallel.make_mesh(jax.devices()[: config.num_devices] if config.get("num_devices", 0) else None)
     parallel.check_batch_size(config.batch_size, mesh)
     # conv is how to compute, not what: it stays out of generator_config (jsr_model.json)
-    generator = Generator(**generator_config(config), dtype=compute_dtype(config), conv=config.model.get("conv", "xla"))
+    generator = Generator(**generator_config(config), dtype=compute_dtype(config), conv=conv_path(config))
 
     # The method (plain or Delta-STN) owns its state, steps and batches.
     try:

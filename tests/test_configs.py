@@ -83,3 +83,17 @@ def test_deltastn_refuses_the_reverse_mode_only_conv(repo_root, tmp_path):
     config.model.conv = "fast"
     with pytest.raises(TrainingError, match="conv='xla'"):
         train_and_evaluate(config, tmp_path / "run")
+
+
+def test_conv_auto_is_fast_on_cpu_and_xla_for_deltastn_and_accelerators(repo_root, tmp_path):
+    from jsr.ops.conv import resolve_conv
+    from jsr.train import conv_path
+
+    assert load_config_file(repo_root / "configs" / "quickstart.py").model.conv == "auto"
+    assert conv_path(load_config_file(repo_root / "configs" / "quickstart.py")) == "fast"  # tests run on CPU
+    assert conv_path(load_config_file(repo_root / "configs" / "quickstart_deltastn.py")) == "xla"
+    assert resolve_conv("auto", "gpu") == "xla" and resolve_conv("fast", "gpu") == "fast"
+    config = load_config_file(repo_root / "configs" / "quickstart.py", "tiny")
+    config.model.conv = "winograd"
+    with pytest.raises(TrainingError, match=r"config\.model\.conv='winograd': choose from"):
+        train_and_evaluate(config, tmp_path / "run")

@@ -291,6 +291,7 @@ def fast_conv(
 
 
 CONV_PATHS = ("xla", "fast")
+CONFIG_CONV_CHOICES = ("auto", *CONV_PATHS)
 
 
 def conv_function(path: str):
@@ -299,3 +300,14 @@ def conv_function(path: str):
     if path not in CONV_PATHS:
         raise ValueError(f"conv={path!r}: choose from {CONV_PATHS}")
     return None if path == "xla" else fast_conv
+
+
+def resolve_conv(choice: str, backend: str, needs_forward_mode: bool = False) -> str:
+    """A config's ``model.conv`` ('auto', 'xla' or 'fast') as the path to build: 'auto' is 'fast' on CPU, where its
+    weight gradients were measured faster (benchmarks/), and 'xla' on GPU/TPU, whose own kernels were not beaten,
+    and wherever the model is differentiated in forward mode (``fast_conv`` has no jvp rule)."""
+    if choice not in CONFIG_CONV_CHOICES:
+        raise ValueError(f"conv={choice!r}: choose from {CONFIG_CONV_CHOICES}")
+    if choice == "auto":
+        return "fast" if backend == "cpu" and not needs_forward_mode else "xla"
+    return choice
