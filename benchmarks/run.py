@@ -3,18 +3,19 @@
     /tmp/v312/bin/python benchmarks/run.py --json out.json [--repeats 5] [--quick] [--conv xla] [--compare-conv]
 
 Cases (same shapes on both sides; defaults are SRGAN's: SRResNet 16 blocks x 64 features, batch 16, LR 24 -> HR 96):
-  train_mse         the REAL jsr train step (``jsr.train.make_steps`` on a ``base_config()``), stage mse: images/s
+  train_mse         the REAL jsr train step (``jsr.train.build_standard`` on a ``base_config()``), stage mse: images/s
   train_gan         the same, stage gan (D step, then G step with MSE + VGG54 + adversarial; random VGG19): images/s
   infer_128         ``jsr.inference.Upscaler`` on one 128x128 image (-> 512x512): output megapixels/s
   infer_1024_tiled  the same on 1024x1024 (-> 4096x4096), tiled by the Upscaler's defaults: output megapixels/s
 The jsr side runs in this process; the PyTorch side (``benchmarks/torch_reference.py``) in a fresh subprocess of a
-Python that has torch (``--torch-python``), right after the jsr side of the same case, so that background load
-hits both alike. jsr runs with ``--conv`` (default 'auto': 'fast', ``jsr.ops.conv``, on CPU, as training does;
-``--compare-conv`` also times the other path in the same case). Each side: warm-up excluded, median of ``--repeats`` timed repetitions. jsr's
-compile time is reported apart (lower + compile of the step; for inference, first call minus the median). Peak
-memory: the torch process's peak RSS per case; jsr's process peak RSS so far (cumulative over the cases run in this
-process) and XLA's own buffer sizes for the case. FLOPs come from XLA's cost analysis of the compiled computation;
-achieved FLOP/s is always reported, and the fraction of the device's peak on a known GPU / TPU.
+Python that has torch (``--torch-python``), right after the jsr side of the same case, so that background load hits
+both alike. jsr runs with ``--conv`` (default 'auto': 'fast', ``jsr.ops.conv``, on CPU, as training does;
+``--compare-conv`` also times the other path in the same case). Each side: warm-up excluded, median of
+``--repeats`` timed repetitions. jsr's compile time is reported apart (lower + compile of the step; for inference,
+first call minus the median). Peak memory: the torch process's peak RSS per case; jsr's process peak RSS so far
+(cumulative over the cases run in this process) and XLA's own buffer sizes for the case. FLOPs come from XLA's cost
+analysis of the compiled computation; achieved FLOP/s is always reported, and the fraction of the device's peak on
+a known GPU / TPU.
 """
 
 from __future__ import annotations
@@ -127,48 +128,22 @@ def jsr_config(case: str, args):
     c.data.augment.enabled = False  # the reference has no augmentation either
     c.batch_size = args.batch
     c.compute_dtype = args.dtype
+    c.model.conv = args.conv
     c.loss.allow_random_vgg = True  # timing needs no real VGG weights
     return c
-
-
-def make_generator(config, args):
-    from jsr.models import Generator
-    from jsr.train import compute_dtype, generator_config
-
-    kwargs = generator_config(config) | {"dtype": compute_dtype(config)}
-    if args.conv != "xla":
-        kwargs["conv"] = args.conv
-    return Generator(**kwargs)
 
 
 def jsr_train(case: str, args) -> tuple:
     """The compiled real train step: ``(step, info)``; ``step()`` runs one step and reads its loss on the host."""
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
     from jsr import data as jdata
-    from jsr.models import Discriminator
-    from jsr.optim import make_optimizer
-    from jsr.train import compute_dtype, discriminator_patch, initial_state, load_vgg, make_steps
+    from jsr.train import build_generator, build_standard
 
     config = jsr_config(case, args)
-    dtype = compute_dtype(config)
-    generator = make_generator(config, args)
-    gan = config.stage == "gan"
-    discriminator = None
-    if gan:
-        d_kwargs = {"patch_size": discriminator_patch(config), "n_feats": config.discriminator.n_feats, "dtype": dtype}
-        if args.conv != "xla":
-            d_kwargs["conv"] = args.conv
-        discriminator = Discriminator(**d_kwargs)
-    vgg_module, vgg_vars = load_vgg(config) if gan else (None, None)
-    frozen = jax.device_put({"vgg": vgg_vars} if gan else {})
-    template = generator.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))["params"]
-    tx_g = make_optimizer(config.optim.g, template)
-    tx_d = make_optimizer(config.optim.d, None) if gan else None
-    state = initial_state(config, generator, discriminator, tx_g, tx_d)
-    train_step, _ = make_steps(config, generator, discriminator, vgg_module, tx_g, tx_d, g_bn_train=True)
+    parts = build_standard(config, build_generator(config))
+    state, frozen = parts.state, jax.device_put(parts.frozen)
     rng = np.random.default_rng(0)
     hr_side = 4 * args.patch
     batch = {
@@ -178,7 +153,7 @@ def jsr_train(case: str, args) -> tuple:
     batch = jax.device_put(batch)
     aug = jax.device_put(jdata.augment_params(config.data.augment, args.batch))
     start = time.perf_counter()
-    compiled = train_step.lower(state, batch, aug, frozen).compile()
+    compiled = parts.train_step.lower(state, batch, aug, frozen).compile()
     compile_s = time.perf_counter() - start
     holder = {"state": state}
 
@@ -200,9 +175,10 @@ def jsr_infer(case: str, args) -> dict:
     import numpy as np
 
     from jsr.inference import Upscaler
+    from jsr.train import build_generator
 
     config = jsr_config("train_mse", args)
-    generator = make_generator(config, args)
+    generator = build_generator(config)
     variables = generator.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
     side = args.infer_side if case == "infer_128" else args.tiled_side
     tiled = case != "infer_128"

@@ -22,13 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from run import peak_rss_mb  # benchmarks/run.py (this script's folder is on sys.path; run.py imports only stdlib)
 from torch import nn
 
 VGG19_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512]
@@ -102,17 +101,6 @@ class VGG54(nn.Module):
 
     def forward(self, x):
         return self.features(((x + 1) / 2 - self.mean) / self.std)
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory (VmHWM: unlike ru_maxrss, not inherited from the parent over exec)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def init_like_jsr(model: nn.Module) -> nn.Module:

@@ -170,8 +170,8 @@ def make_steps(config, generator, discriminator, vgg_module, tx_g, tx_d, g_bn_tr
     """The jitted train step ``(state, batch, aug_params, frozen) -> (state, metrics)`` and the D-only step.
 
     ``frozen`` holds the variables that are used but never trained (``{"vgg": ...}`` for the perceptual loss, else
-    ``{}``). They are an argument rather than captured by the closure: captured arrays would be baked into the
-    program as constants, which costs seconds of compile time and lets XLA fuse the whole VGG into one slow kernel.
+    ``{}``). They are an argument rather than captured by the closure: captured arrays would be embedded in the
+    compiled program as constants (VGG19's 80 MB of weights copied into every executable built from this step).
     """
     w = config.loss
     scale = config.data.scale
@@ -363,26 +363,54 @@ class Method:
     plateau: Plateau | None = None
 
 
-def standard_method(config, mesh, generator: Generator, train_iter) -> Method:
-    """SRResNet (mse) / SRGAN (gan) training with TrainState and the jitted steps of ``make_steps``."""
-    dtype = compute_dtype(config)
+def build_generator(config: ml_collections.ConfigDict) -> Generator:
+    # conv is how to compute, not what: it stays out of generator_config (jsr_model.json)
+    return Generator(**generator_config(config), dtype=compute_dtype(config), conv=conv_path(config))
+
+
+@dataclasses.dataclass
+class StandardParts:
+    """What the standard method trains with, on the host (the caller places ``state`` and ``frozen``)."""
+
+    discriminator: Discriminator | None
+    state: TrainState
+    frozen: dict  # the step's ``frozen`` argument: {"vgg": variables} or {}
+    train_step: Callable
+    d_only_step: Callable
+
+
+def build_standard(config, generator: Generator) -> StandardParts:
+    """Discriminator, VGG, optimisers, initial state and the jitted steps of ``make_steps`` for ``config``."""
     discriminator = None
     if config.stage == "gan" and config.loss.adversarial:
         discriminator = Discriminator(
             patch_size=discriminator_patch(config),
             n_feats=config.discriminator.n_feats,
-            dtype=dtype,
-            conv=conv_path(config),
+            dtype=compute_dtype(config),
+            conv=generator.conv,
         )
     vgg_module, vgg_vars = load_vgg(config) if config.stage == "gan" and config.loss.vgg else (None, None)
-    frozen = parallel.put_replicated({"vgg": vgg_vars} if vgg_module is not None else {}, mesh)
     trainable = tuple(config.optim.get("trainable", ()))
     g_bn_train = not (trainable and config.optim.get("freeze_frozen_batch_stats", True))
     template = generator.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))["params"]
     tx_g = make_optimizer(config.optim.g, template, trainable)
     tx_d = make_optimizer(config.optim.d, None) if discriminator is not None else None
-    state = parallel.put_replicated(initial_state(config, generator, discriminator, tx_g, tx_d), mesh)
     train_step, d_only_step = make_steps(config, generator, discriminator, vgg_module, tx_g, tx_d, g_bn_train)
+    return StandardParts(
+        discriminator=discriminator,
+        state=initial_state(config, generator, discriminator, tx_g, tx_d),
+        frozen={"vgg": vgg_vars} if vgg_module is not None else {},
+        train_step=train_step,
+        d_only_step=d_only_step,
+    )
+
+
+def standard_method(config, mesh, generator: Generator, train_iter) -> Method:
+    """SRResNet (mse) / SRGAN (gan) training with TrainState and the jitted steps of ``make_steps``."""
+    parts = build_standard(config, generator)
+    discriminator, train_step, d_only_step = parts.discriminator, parts.train_step, parts.d_only_step
+    state = parallel.put_replicated(parts.state, mesh)
+    frozen = parallel.put_replicated(parts.frozen, mesh)
     aug_params = parallel.put_batch(
         jdata.augment_params(config.data.augment, config.batch_size // jax.process_count()), mesh
     )
@@ -422,7 +450,7 @@ def deltastn_method(config, mesh, generator: Generator, train_iter) -> Method:
         raise TrainingError("config.deltastn needs stage 'mse' (the validation objective is pixel MSE)")
     if config.optim.plateau.get("enabled", False):
         raise TrainingError("config.deltastn tunes its own hyperparameters: disable config.optim.plateau")
-    if conv_path(config) != "xla":
+    if generator.conv != "xla":
         raise TrainingError(
             "config.deltastn needs config.model.conv='xla': the fast conv has no forward-mode (jvp) rule"
         )
@@ -476,8 +504,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     primary = jax.process_index() == 0
     mesh = parallel.make_mesh(jax.devices()[: config.num_devices] if config.get("num_devices", 0) else None)
     parallel.check_batch_size(config.batch_size, mesh)
-    # conv is how to compute, not what: it stays out of generator_config (jsr_model.json)
-    generator = Generator(**generator_config(config), dtype=compute_dtype(config), conv=conv_path(config))
+    generator = build_generator(config)
 
     # The method (plain or Delta-STN) owns its state, steps and batches.
     try:

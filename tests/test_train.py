@@ -207,36 +207,27 @@ def test_gan_stage_transfer_learning_moves_only_the_unfrozen_layers(tmp_path, re
 
 
 def test_gan_step_takes_vgg_as_an_argument_not_as_baked_in_constants(repo_root):
-    """Arrays captured by the step's closure become program constants (slow compiles, whole-VGG fusions): the jaxpr
-    of the real gan step must capture nothing of a parameter's size, and must read the VGG kernels from ``frozen``."""
-    import jax.numpy as jnp
-
+    """Arrays captured by the step's closure become constants embedded in the program: the jaxpr of the real gan
+    step must capture nothing of a parameter's size, and must read the VGG kernels from ``frozen``."""
     from jsr import data as jdata
-    from jsr.models import Discriminator, Generator
-    from jsr.optim import make_optimizer
-    from jsr.train import discriminator_patch, generator_config, initial_state, load_vgg, make_steps
+    from jsr.train import build_generator, build_standard
 
     config = load_config(repo_root)
     config.stage = "gan"
     config.loss.allow_random_vgg = True
-    generator = Generator(**generator_config(config))
-    discriminator = Discriminator(patch_size=discriminator_patch(config), n_feats=config.discriminator.n_feats)
-    vgg_module, vgg_vars = load_vgg(config)
-    template = generator.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))["params"]
-    tx_g, tx_d = make_optimizer(config.optim.g, template), make_optimizer(config.optim.d, None)
-    state = initial_state(config, generator, discriminator, tx_g, tx_d)
-    train_step, _ = make_steps(config, generator, discriminator, vgg_module, tx_g, tx_d, g_bn_train=True)
+    parts = build_standard(config, build_generator(config))
+    assert parts.discriminator is not None and set(parts.frozen) == {"vgg"}
     hr_side, lr_side = config.data.patch_size * config.data.scale, config.data.patch_size
     batch = {
         "hr": np.zeros((config.batch_size, hr_side, hr_side, 3), np.uint8),
         "lr": np.zeros((config.batch_size, lr_side, lr_side, 3), np.uint8),
     }
     aug = jdata.augment_params(config.data.augment, config.batch_size)
-    closed = jax.make_jaxpr(train_step)(state, batch, aug, {"vgg": vgg_vars})
+    closed = jax.make_jaxpr(parts.train_step)(parts.state, batch, aug, parts.frozen)
     biggest = max((np.size(c) for c in closed.consts), default=0)
     assert biggest < 1000, f"the step captured a constant of {biggest} elements"
     with pytest.raises(KeyError, match="vgg"):
-        jax.make_jaxpr(train_step)(state, batch, aug, {})
+        jax.make_jaxpr(parts.train_step)(parts.state, batch, aug, {})
 
 
 def test_missing_vgg_and_init_from_are_clear_errors(tmp_path, repo_root):
