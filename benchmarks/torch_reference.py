@@ -223,6 +223,8 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True  # what a speed-minded PyTorch user sets: fixed shapes, tuned kernels
     if args.case.startswith("train"):
         fn = make_train_step(args.case, args)
         items = args.batch  # images
@@ -257,6 +259,7 @@ def main(argv=None) -> None:
             "mkldnn": bool(torch.backends.mkldnn.is_available()),
             "device": args.device,
             "amp": args.amp,
+            "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
         },
     }
     print(json.dumps(result), flush=True)

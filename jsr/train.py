@@ -103,9 +103,9 @@ def load_vgg(config: ml_collections.ConfigDict) -> tuple[VGG19Features, Any]:
             _, variables = checkpoints.load_model(path, expect="vgg19")
         except checkpoints.ModelFileError as e:
             raise TrainingError(f"config.loss.vgg_weights: {e}") from e
-        return VGG19Features(dtype=compute_dtype(config)), variables
+        return VGG19Features(dtype=compute_dtype(config), conv=conv_path(config)), variables
     if config.loss.get("allow_random_vgg", False):  # tests only: the loss is then meaningless but shaped right
-        module = VGG19Features(dtype=compute_dtype(config))
+        module = VGG19Features(dtype=compute_dtype(config), conv=conv_path(config))
         return module, module.init(jax.random.PRNGKey(1), jnp.zeros((1, 32, 32, 3)), taps=(config.loss.vgg_tap,))
     raise TrainingError(
         "the gan stage needs VGG19 weights for its perceptual loss, and config.loss.vgg_weights is empty. Convert "

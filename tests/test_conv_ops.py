@@ -10,6 +10,7 @@ import pytest
 from jax import lax
 
 from jsr.models import Discriminator, Generator
+from jsr.models.vgg import VGG19Features
 from jsr.ops.conv import NHWC, WEIGHT_GRADS, conv_function, fast_conv, weight_grad_chunks, weight_grad_tiles
 
 # (kernel, stride, padding) as the models use them: 3x3 same, 9x9 same (conv01), 3x3 stride 2 pad (1, 1) (D).
@@ -42,6 +43,31 @@ def test_fast_conv_equals_lax_forward_and_gradients(formulation, k, stride, pad)
     np.testing.assert_allclose(jax.jit(fast)(x, w), ref(x, w), **TOL)
     got = jax.jit(jax.grad(lambda x, w: loss(fast, x, w), argnums=(0, 1)))(x, w)
     want = jax.grad(lambda x, w: loss(ref, x, w), argnums=(0, 1))(x, w)
+    for g, r in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, r, **TOL)
+
+
+@pytest.mark.parametrize(
+    "side,k,stride,pad",
+    [
+        (2, 3, 1, ((1, 1), (1, 1))),  # VGG's 2x2 maps at a 32x32 input
+        (1, 3, 1, ((1, 1), (1, 1))),
+        (4, 3, 2, ((1, 1), (1, 1))),  # the discriminator's last stride-2 conv at tiny sizes
+        (3, 9, 1, ((4, 4), (4, 4))),
+    ],
+)
+def test_tiny_outputs_take_im2col_and_equal_lax(side, k, stride, pad):
+    """<= SMALL_CONV_PIXELS output pixels: im2col + one matmul (XLA's CPU conv is a naive loop there)."""
+    x, w = data(k, cin=6, cout=5, n=3, side=side, seed=side)
+
+    def fast(x, w):
+        return fast_conv(x, w, (stride, stride), pad, dimension_numbers=NHWC)
+
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda x, w: jnp.sum(fast(x, w) ** 2), argnums=(0, 1)))(x, w))
+    assert "conv_general_dilated" not in jaxpr and "dot_general" in jaxpr
+    np.testing.assert_allclose(jax.jit(fast)(x, w), plain(x, w, stride, pad), **TOL)
+    got = jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(fast(x, w))), argnums=(0, 1)))(x, w)
+    want = jax.grad(lambda x, w: jnp.sum(jnp.sin(plain(x, w, stride, pad))), argnums=(0, 1))(x, w)
     for g, r in zip(got, want, strict=True):
         np.testing.assert_allclose(g, r, **TOL)
 
@@ -161,6 +187,19 @@ def test_generator_fast_equals_xla():
 def test_discriminator_fast_equals_xla():
     x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32))
     _compare_models(lambda conv: Discriminator(patch_size=32, n_feats=8, conv=conv), x, {"train": True})
+
+
+def test_vgg_fast_equals_xla_down_to_2x2_maps():
+    x = jnp.asarray(np.random.default_rng(1).uniform(0, 1, (2, 32, 32, 3)).astype(np.float32))
+    variables = VGG19Features().init(jax.random.PRNGKey(0), x, taps=("relu5_4",))
+
+    def features(conv):
+        return jax.jit(lambda v: VGG19Features(conv=conv).apply(v, x, taps=("relu2_2", "relu5_4")))(variables)
+
+    got, want = features("fast"), features("xla")
+    for tap in want:
+        scale = float(jnp.max(jnp.abs(want[tap])))
+        np.testing.assert_allclose(got[tap], want[tap], rtol=1e-4, atol=1e-5 * scale)
 
 
 def test_generator_fast_inference_with_mask_equals_xla():

@@ -96,6 +96,18 @@ def test_one_epoch_sees_every_record_once_in_a_shuffled_order():
     assert list(first_epoch) != list(range(8)) and list(first_epoch) != list(second_epoch)
 
 
+def test_every_epoch_of_many_is_a_permutation_and_an_empty_source_is_refused():
+    shuffle = pipeline.EpochShuffle(tagged_source(n=5), seed=3)
+    orders = [[int(shuffle(epoch * 5 + i)["hr"][0, 0, 0]) for i in range(5)] for epoch in range(12)]
+    assert all(sorted(order) == list(range(5)) for order in orders)
+    assert len({tuple(order) for order in orders}) > 6  # fresh orders, not one reused
+    # the same (seed, position) gives the same record whatever was asked before (prefetch threads jump around)
+    fresh = pipeline.EpochShuffle(tagged_source(n=5), seed=3)
+    assert [int(fresh(p)["hr"][0, 0, 0]) for p in (57, 3, 31)] == [orders[p // 5][p % 5] for p in (57, 3, 31)]
+    with pytest.raises(ValueError, match="no records"):
+        pipeline.EpochShuffle(sources.ArraySource([]), seed=0)
+
+
 def test_processes_split_each_global_batch_into_disjoint_rows():
     source = tagged_source(n=9)
 

@@ -12,6 +12,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jsr.ops.conv import conv_function
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # torchvision cfg "E": convs per block, channels per block; a 2x2 max pool follows every block.
@@ -35,6 +37,7 @@ class VGG19Features(nn.Module):
     """``__call__(x, taps=("relu2_2", "relu5_4"))`` -> {tap: NHWC features}; stops after the deepest tap."""
 
     dtype: Any = jnp.float32
+    conv: str = "xla"  # 'fast' (jsr.ops.conv.fast_conv): also im2col on tiny feature maps, XLA CPU's slow case
 
     @nn.compact
     def __call__(self, x, taps: Sequence[str] = ("relu2_2", "relu5_4")) -> dict[str, jnp.ndarray]:
@@ -52,7 +55,16 @@ class VGG19Features(nn.Module):
                 x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
             for i in range(n):
                 name = f"conv{b + 1}_{i + 1}"
-                x = nn.relu(nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, name=name)(x))
+                x = nn.relu(
+                    nn.Conv(
+                        features,
+                        (3, 3),
+                        padding=((1, 1), (1, 1)),
+                        dtype=self.dtype,
+                        conv_general_dilated=conv_function(self.conv),
+                        name=name,
+                    )(x)
+                )
                 tap = f"relu{b + 1}_{i + 1}"
                 if tap in taps:
                     out[tap] = x.astype(jnp.float32)

@@ -244,6 +244,26 @@ def _custom_conv(strides: tuple[int, int], padding: tuple[tuple[int, int], ...],
     return conv
 
 
+# Output pixels per image at or below which ``fast_conv`` is im2col + one matmul (differentiated by JAX) instead of
+# XLA's convolution: on CPU, XLA swaps the operands of a conv whose input is smaller than its kernel (VGG's 2x2 maps
+# at 32x32 input) and runs the result as a naive loop at ~2 GFLOP/s; its input gradient at 4x4 is 3-4x slow too.
+SMALL_CONV_PIXELS = 16
+
+
+def _out_pixels(lhs_shape, rhs_shape, strides, pads) -> int:
+    (_, h, w, _), (kh, kw, _, _) = lhs_shape, rhs_shape
+    return ((h + sum(pads[0]) - kh) // strides[0] + 1) * ((w + sum(pads[1]) - kw) // strides[1] + 1)
+
+
+def _im2col_conv(x, k, strides, pads, precision):
+    """The convolution as the kh*kw shifted input slices concatenated on channels, times the reshaped kernel."""
+    (_, h, w, _), (kh, kw, cin, cout) = x.shape, k.shape
+    out_hw = ((h + sum(pads[0]) - kh) // strides[0] + 1, (w + sum(pads[1]) - kw) // strides[1] + 1)
+    xpad = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    patches = jnp.concatenate([_shifted(xpad, i, j, out_hw, strides) for i in range(kh) for j in range(kw)], axis=-1)
+    return lax.dot_general(patches, k.reshape(kh * kw * cin, cout), (((3,), (0,)), ((), ())), precision=precision)
+
+
 def fast_conv(
     lhs,
     rhs,
@@ -287,6 +307,8 @@ def fast_conv(
         return plain_call()
     strides = tuple(int(s) for s in window_strides)
     pads = _explicit_padding(padding, jnp.shape(lhs), jnp.shape(rhs), strides)
+    if _out_pixels(jnp.shape(lhs), jnp.shape(rhs), strides, pads) <= SMALL_CONV_PIXELS:
+        return _im2col_conv(lhs, rhs, strides, pads, precision)
     return _custom_conv(strides, pads, precision, weight_grad)(lhs, rhs)
 
 
