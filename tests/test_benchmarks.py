@@ -8,8 +8,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_run():
-    spec = importlib.util.spec_from_file_location("jsr_benchmarks_run", ROOT / "benchmarks" / "run.py")
+def load_run(name="run"):
+    spec = importlib.util.spec_from_file_location(f"jsr_benchmarks_{name}", ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -26,7 +26,12 @@ def test_run_quick_writes_side_by_side_json(tmp_path):
     for case in saved["cases"].values():
         assert case["jsr"] > 0
         assert case["jsr_detail"]["compile_s"] >= 0
+        assert case["jsr_detail"]["flops"] > 0 and case["jsr_detail"]["achieved_flops_per_s"] > 0
         if torch_python:
             assert case["torch"] > 0 and abs(case["ratio"] - case["jsr"] / case["torch"]) < 1e-9
     if torch_python:
         assert saved["versions"]["torch"]
+
+
+def test_trainer_loop_measures_the_real_iterator():
+    assert load_run("trainer_loop").main(["--batch", "4", "--steps", "20"]) > 0
