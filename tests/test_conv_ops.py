@@ -54,6 +54,8 @@ def test_fast_conv_equals_lax_forward_and_gradients(formulation, k, stride, pad)
         (1, 3, 1, ((1, 1), (1, 1))),
         (4, 3, 2, ((1, 1), (1, 1))),  # the discriminator's last stride-2 conv at tiny sizes
         (3, 9, 1, ((4, 4), (4, 4))),
+        (4, 3, 1, "SAME"),
+        (5, 3, 2, "VALID"),
     ],
 )
 def test_tiny_outputs_take_im2col_and_equal_lax(side, k, stride, pad):
@@ -65,6 +67,8 @@ def test_tiny_outputs_take_im2col_and_equal_lax(side, k, stride, pad):
 
     jaxpr = str(jax.make_jaxpr(jax.grad(lambda x, w: jnp.sum(fast(x, w) ** 2), argnums=(0, 1)))(x, w))
     assert "conv_general_dilated" not in jaxpr and "dot_general" in jaxpr
+    bigger, _ = data(k, cin=6, cout=5, n=1, side=side + 6)  # > SMALL_CONV_PIXELS outputs: the custom_vjp path
+    assert "conv_general_dilated" in str(jax.make_jaxpr(fast)(bigger, w))
     np.testing.assert_allclose(jax.jit(fast)(x, w), plain(x, w, stride, pad), **TOL)
     got = jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(fast(x, w))), argnums=(0, 1)))(x, w)
     want = jax.grad(lambda x, w: jnp.sum(jnp.sin(plain(x, w, stride, pad))), argnums=(0, 1))(x, w)
@@ -189,7 +193,7 @@ def test_discriminator_fast_equals_xla():
     _compare_models(lambda conv: Discriminator(patch_size=32, n_feats=8, conv=conv), x, {"train": True})
 
 
-def test_vgg_fast_equals_xla_down_to_2x2_maps():
+def test_vgg_fast_equals_xla_down_to_2x2_maps_values_and_input_gradient():
     x = jnp.asarray(np.random.default_rng(1).uniform(0, 1, (2, 32, 32, 3)).astype(np.float32))
     variables = VGG19Features().init(jax.random.PRNGKey(0), x, taps=("relu5_4",))
 
@@ -200,6 +204,13 @@ def test_vgg_fast_equals_xla_down_to_2x2_maps():
     for tap in want:
         scale = float(jnp.max(jnp.abs(want[tap])))
         np.testing.assert_allclose(got[tap], want[tap], rtol=1e-4, atol=1e-5 * scale)
+
+    def input_grad(conv):  # what the perceptual loss differentiates
+        f = lambda x: jnp.sum(jnp.sin(VGG19Features(conv=conv).apply(variables, x, taps=("relu5_4",))["relu5_4"]))  # noqa: E731
+        return jax.jit(jax.grad(f))(x)
+
+    g_fast, g_xla = input_grad("fast"), input_grad("xla")
+    np.testing.assert_allclose(g_fast, g_xla, rtol=1e-3, atol=1e-4 * float(jnp.max(jnp.abs(g_xla))))
 
 
 def test_generator_fast_inference_with_mask_equals_xla():

@@ -71,6 +71,27 @@ def test_restored_state_continues_exactly_across_an_epoch_boundary():
     assert_batches_equal(take(it, 4), expected)
 
 
+def test_state_counts_batches_and_a_legacy_state_resumes_at_its_batch_with_a_warning():
+    source = tagged_source(n=10)
+    it = iterator(source, seed=3, batch=4)
+    take(it, 3)
+    assert it.get_state() == {"format": 2, "grain": {"next_index": 3}}
+    expected = take(it, 2)
+    legacy = iterator(source, seed=3, batch=4)
+    with pytest.warns(UserWarning, match="older jsr"):
+        legacy.set_state({"next_index": 12})  # what jsr saved before: examples, 3 batches of 4
+    assert_batches_equal(take(legacy, 2), expected)
+    with pytest.raises(ValueError, match="another jsr version"):
+        legacy.set_state({"format": 99, "grain": {}})
+
+
+def test_more_threads_than_batches_in_flight_and_batches_spanning_many_epochs_match_one_thread():
+    source = tagged_source(n=3, hr=16)  # a batch of 8 spans ~3 epochs; 6 threads, 2 batches prefetched
+    many = take(iterator(source, seed=5, patch=2, batch=8, threads=6, prefetch_batches=2), 12)
+    one = take(iterator(source, seed=5, patch=2, batch=8, threads=1), 12)
+    assert_batches_equal(many, one)
+
+
 def test_batches_land_with_the_batch_sharding_on_four_devices():
     mesh = make_mesh()
     assert mesh.devices.size == 4

@@ -78,7 +78,7 @@ def default_data_config() -> ml_collections.ConfigDict:
             "background": "white",  # for transparent images in folders
             "num_threads": 8,  # host decode/crop threads
             "num_workers": 0,  # Grain worker processes (0 = threads only)
-            "prefetch": 4,  # host batches prepared ahead
+            "prefetch": 4,  # host batches prepared ahead (at least num_threads, one per thread)
             "device_prefetch": 2,  # batches already placed on the devices ahead
             "augment": default_augment_config(),
         }

@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import copy
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -94,13 +95,17 @@ class EpochShuffle:
         self.source, self.seed, self.size = source, int(seed), len(source)
         if self.size == 0:
             raise ValueError("the training source has no records: check config.data (source, data_dir, split)")
+        # the newest epochs kept: prefetched batches of a tiny source span many epochs (6 photos, batch 64: ~11)
+        self.keep_epochs = max(4, 2**16 // self.size)
         self._orders: dict[int, np.ndarray] = {}
 
     def order(self, epoch: int) -> np.ndarray:
         order = self._orders.get(epoch)
         if order is None:  # two threads may both draw it: the same permutation, so no lock is needed
             order = np.random.default_rng([self.seed, epoch]).permutation(self.size)
-            self._orders = {e: o for e, o in self._orders.items() if e >= epoch - 2} | {epoch: order}
+            orders = self._orders | {epoch: order}  # replaced, never mutated: readers in other threads stay valid
+            newest = max(orders)
+            self._orders = {e: o for e, o in orders.items() if e > newest - self.keep_epochs}
         return order
 
     def __call__(self, position: int) -> dict:
@@ -151,7 +156,10 @@ def train_dataset(
     stream = stream.random_map(RandomCrop(patch_size, scale), seed=(seed + 1) % 2**32)
     batches = grain.MapDataset.range(0, len(stream) // (batch_size * shard[1]))
     batches = batches.map(GlobalBatch(stream, batch_size, *shard))
-    read = grain.ReadOptions(num_threads=max(1, num_threads), prefetch_buffer_size=max(1, prefetch_batches))
+    # Grain keeps at most prefetch_buffer_size batches in flight: fewer than the threads would idle some of them
+    read = grain.ReadOptions(
+        num_threads=max(1, num_threads), prefetch_buffer_size=max(1, prefetch_batches, num_threads)
+    )
     it = batches.to_iter_dataset(read)
     if num_workers > 0:
         ensure_flags_parsed()
@@ -172,11 +180,16 @@ class DeviceIterator:
 
     ``get_state()`` describes the position after the last batch RETURNED (not the prefetched ones), so
     ``set_state(saved)`` on a fresh iterator continues with exactly the batch an uninterrupted run would get next.
-    The state is a JSON-serialisable dict.
+    The state is a JSON-serialisable dict ``{"format": STATE_FORMAT, "grain": <Grain's state, counting batches>}``.
+    A state saved by jsr before 2026-11-26 (Grain's bare ``{"next_index": examples}``) resumes at the same batch
+    count with a warning: that version shuffled differently, so the order after the resume is not the old run's.
     """
 
-    def __init__(self, dataset: grain.IterDataset, mesh: Mesh, device_prefetch: int = 2):
+    STATE_FORMAT = 2
+
+    def __init__(self, dataset: grain.IterDataset, mesh: Mesh, device_prefetch: int = 2, batch_size: int = 1):
         self._iter = iter(dataset)
+        self._batch_size = batch_size  # this process's rows per batch (to read a legacy state)
         self._mesh = mesh
         self._depth = max(0, device_prefetch)
         self._queue: collections.deque = collections.deque()
@@ -196,12 +209,26 @@ class DeviceIterator:
         return batch
 
     def get_state(self) -> dict[str, Any]:
-        return copy.deepcopy(self._state)
+        return {"format": self.STATE_FORMAT, "grain": copy.deepcopy(self._state)}
 
     def set_state(self, state: dict[str, Any]) -> None:
+        if state.get("format") == self.STATE_FORMAT:
+            grain_state = state["grain"]
+        elif set(state) == {"next_index"}:  # jsr before 2026-11-26: examples of a per-example Grain pipeline
+            grain_state = {"next_index": int(state["next_index"]) // self._batch_size}
+            warnings.warn(
+                f"training data state {state} comes from an older jsr (examples, another shuffle): resuming at "
+                f"batch {grain_state['next_index']}, but the order of the data from here differs from that run's",
+                stacklevel=2,
+            )
+        else:
+            raise ValueError(
+                f"unrecognised training data state with keys {sorted(state)} (expected format "
+                f"{self.STATE_FORMAT}): the checkpoint was written by another jsr version; start a new workdir"
+            )
         self._queue.clear()
-        self._iter.set_state(copy.deepcopy(state))
-        self._state = copy.deepcopy(state)
+        self._iter.set_state(copy.deepcopy(grain_state))
+        self._state = copy.deepcopy(grain_state)
 
     def close(self) -> None:
         self._queue.clear()
@@ -236,7 +263,7 @@ def make_device_iterator(
         prefetch_batches=prefetch_batches,
         num_workers=num_workers,
     )
-    return DeviceIterator(ds, mesh, device_prefetch)
+    return DeviceIterator(ds, mesh, device_prefetch, batch_size=per_process)
 
 
 def pad_batch(examples: Sequence[dict], batch_size: int) -> tuple[dict, list[str]]:

@@ -14,9 +14,11 @@ forward pass and input gradient are XLA's own; only the kernel (weight) gradient
 - ``auto``: the measured choice among these per shape (the default).
 
 Only 2-D NHWC / HWIO convolutions without dilation and without feature/batch groups take the custom path; every
-other call is passed to ``lax.conv_general_dilated`` unchanged. The custom path is a ``jax.custom_vjp``: it is
-reverse-differentiable (``jax.grad``, ``jax.vjp``) but NOT forward-differentiable (``jax.jvp`` raises), so models
-that are linearised in forward mode (Delta-STN's response) must use the plain path.
+other call is passed to ``lax.conv_general_dilated`` unchanged. Convolutions with at most ``SMALL_CONV_PIXELS``
+output pixels per image are instead im2col + one matmul, differentiated by JAX as usual (XLA's CPU convolution
+runs those as a naive loop). The custom path is a ``jax.custom_vjp``: it is reverse-differentiable (``jax.grad``,
+``jax.vjp``) but NOT forward-differentiable (``jax.jvp`` raises), so models that are linearised in forward mode
+(Delta-STN's response) must use the plain path.
 """
 
 from __future__ import annotations
@@ -279,7 +281,8 @@ def fast_conv(
     *,
     weight_grad: str = DEFAULT_WEIGHT_GRAD,
 ):
-    """``lax.conv_general_dilated`` with the kernel gradient computed by ``WEIGHT_GRADS[weight_grad]``."""
+    """``lax.conv_general_dilated`` with the kernel gradient computed by ``WEIGHT_GRADS[weight_grad]`` (or, for at
+    most ``SMALL_CONV_PIXELS`` output pixels, the whole convolution as im2col + one matmul)."""
     plain_call = functools.partial(
         lax.conv_general_dilated,
         lhs,
@@ -307,7 +310,7 @@ def fast_conv(
         return plain_call()
     strides = tuple(int(s) for s in window_strides)
     pads = _explicit_padding(padding, jnp.shape(lhs), jnp.shape(rhs), strides)
-    if _out_pixels(jnp.shape(lhs), jnp.shape(rhs), strides, pads) <= SMALL_CONV_PIXELS:
+    if 0 < _out_pixels(jnp.shape(lhs), jnp.shape(rhs), strides, pads) <= SMALL_CONV_PIXELS:
         return _im2col_conv(lhs, rhs, strides, pads, precision)
     return _custom_conv(strides, pads, precision, weight_grad)(lhs, rhs)
 
