@@ -6,8 +6,8 @@ The real ``jsr.data.make_train_iterator`` (the quickstart's data: scikit-image's
 feeds a jitted step that only touches its batch; metrics stay on the device and are read every 100 steps, as in
 ``jsr.train``. If a device's real step is faster than this rate, the input pipeline is the bottleneck there.
 Measured on the 2-core CPU machine at batch 64 (LR 24 -> HR 96): 6.8 steps/s before the pipeline fixes of
-2026-11-26 (Grain's index shuffle and per-example prefetch), 112-127 after; an H200 runs the bf16 MSE step at
-126-153 steps/s.
+2026-11-26 (Grain's index shuffle and per-example prefetch), 134-156 after (2 threads by default there; 8 threads:
+87-112); an H200 runs the bf16 MSE step at 126-153 steps/s.
 """
 
 from __future__ import annotations

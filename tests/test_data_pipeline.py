@@ -1,6 +1,7 @@
 """Grain pipeline: determinism, checkpointed iterator state, aligned crops, sharding on 4 simulated CPU devices."""
 
 import json
+import os
 
 import jax
 import numpy as np
@@ -209,3 +210,10 @@ def test_augment_config_gives_per_example_params():
     assert params["rotation_deg"].shape == (3,) and params["translate"].shape == (3, 2)
     np.testing.assert_allclose(np.asarray(params["translate"])[1], [0.1, 0.2])
     np.testing.assert_allclose(data.augment_fill(cfg), [1.0, 1.0, 1.0])
+
+
+def test_host_threads_default_follows_the_cores_and_an_explicit_count_wins():
+    cfg = data.default_data_config()
+    assert data.host_threads(cfg) == min(8, os.cpu_count() or 1)
+    cfg.num_threads = 3
+    assert data.host_threads(cfg) == 3
