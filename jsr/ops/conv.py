@@ -59,6 +59,13 @@ def _shifted(xpad, i: int, j: int, out_hw: tuple[int, int], strides: tuple[int, 
     return lax.slice(xpad, (0, i, j, 0), (n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c), (1, sh, sw, 1))
 
 
+def _im2col(x, kernel_hw: tuple[int, int], out_hw: tuple[int, int], strides, padding):
+    """The kh*kw shifted input slices of the padded ``x`` concatenated on channels: (N, Ho, Wo, kh*kw*Cin)."""
+    xpad = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    kh, kw = kernel_hw
+    return jnp.concatenate([_shifted(xpad, i, j, out_hw, strides) for i in range(kh) for j in range(kw)], axis=-1)
+
+
 def _contract(a, dy, precision, out_dtype):
     """sum over (n, h, w) of a[n, h, w, k] dy[n, h, w, o] -> (k, o)."""
     out = lax.dot_general(
@@ -88,10 +95,7 @@ def weight_grad_taps(x, dy, kernel_shape, strides, padding, precision=None):
 
 
 def weight_grad_im2col(x, dy, kernel_shape, strides, padding, precision=None):
-    kh, kw, _, _ = kernel_shape
-    xpad = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-    out_hw = dy.shape[1:3]
-    patches = jnp.concatenate([_shifted(xpad, i, j, out_hw, strides) for i in range(kh) for j in range(kw)], axis=-1)
+    patches = _im2col(x, kernel_shape[:2], dy.shape[1:3], strides, padding)
     return _contract(patches, dy, precision, x.dtype).reshape(kernel_shape)
 
 
@@ -252,17 +256,15 @@ def _custom_conv(strides: tuple[int, int], padding: tuple[tuple[int, int], ...],
 SMALL_CONV_PIXELS = 16
 
 
-def _out_pixels(lhs_shape, rhs_shape, strides, pads) -> int:
+def _out_hw(lhs_shape, rhs_shape, strides, pads) -> tuple[int, int]:
     (_, h, w, _), (kh, kw, _, _) = lhs_shape, rhs_shape
-    return ((h + sum(pads[0]) - kh) // strides[0] + 1) * ((w + sum(pads[1]) - kw) // strides[1] + 1)
+    return (h + sum(pads[0]) - kh) // strides[0] + 1, (w + sum(pads[1]) - kw) // strides[1] + 1
 
 
-def _im2col_conv(x, k, strides, pads, precision):
-    """The convolution as the kh*kw shifted input slices concatenated on channels, times the reshaped kernel."""
-    (_, h, w, _), (kh, kw, cin, cout) = x.shape, k.shape
-    out_hw = ((h + sum(pads[0]) - kh) // strides[0] + 1, (w + sum(pads[1]) - kw) // strides[1] + 1)
-    xpad = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-    patches = jnp.concatenate([_shifted(xpad, i, j, out_hw, strides) for i in range(kh) for j in range(kw)], axis=-1)
+def _im2col_conv(x, k, out_hw, strides, pads, precision):
+    """The convolution as ``_im2col`` patches times the reshaped kernel: one matmul."""
+    kh, kw, cin, cout = k.shape
+    patches = _im2col(x, (kh, kw), out_hw, strides, pads)
     return lax.dot_general(patches, k.reshape(kh * kw * cin, cout), (((3,), (0,)), ((), ())), precision=precision)
 
 
@@ -310,8 +312,9 @@ def fast_conv(
         return plain_call()
     strides = tuple(int(s) for s in window_strides)
     pads = _explicit_padding(padding, jnp.shape(lhs), jnp.shape(rhs), strides)
-    if 0 < _out_pixels(jnp.shape(lhs), jnp.shape(rhs), strides, pads) <= SMALL_CONV_PIXELS:
-        return _im2col_conv(lhs, rhs, strides, pads, precision)
+    out_hw = _out_hw(jnp.shape(lhs), jnp.shape(rhs), strides, pads)
+    if 0 < out_hw[0] * out_hw[1] <= SMALL_CONV_PIXELS:
+        return _im2col_conv(lhs, rhs, out_hw, strides, pads, precision)
     return _custom_conv(strides, pads, precision, weight_grad)(lhs, rhs)
 
 
