@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jsr.ops.conv import conv_function
+from jsr.ops.pool import max_pool_2x2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -37,7 +38,9 @@ class VGG19Features(nn.Module):
     """``__call__(x, taps=("relu2_2", "relu5_4"))`` -> {tap: NHWC features}; stops after the deepest tap."""
 
     dtype: Any = jnp.float32
-    conv: str = "xla"  # 'fast' (jsr.ops.conv.fast_conv): also im2col on tiny feature maps, XLA CPU's slow case
+    # 'fast': convs by jsr.ops.conv.fast_conv (also im2col on tiny feature maps, XLA CPU's slow case) and pools by
+    # jsr.ops.pool.max_pool_2x2 (an elementwise gradient instead of XLA CPU's scalar select_and_scatter)
+    conv: str = "xla"
 
     @nn.compact
     def __call__(self, x, taps: Sequence[str] = ("relu2_2", "relu5_4")) -> dict[str, jnp.ndarray]:
@@ -52,7 +55,10 @@ class VGG19Features(nn.Module):
         k = 0
         for b, (n, features) in enumerate(VGG19_BLOCKS):
             if b > 0:
-                x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+                if self.conv == "fast":
+                    x = max_pool_2x2(x)
+                else:
+                    x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
             for i in range(n):
                 name = f"conv{b + 1}_{i + 1}"
                 x = nn.relu(
