@@ -11,7 +11,15 @@ from jax import lax
 
 from jsr.models import Discriminator, Generator
 from jsr.models.vgg import VGG19Features
-from jsr.ops.conv import NHWC, WEIGHT_GRADS, conv_function, fast_conv, weight_grad_chunks, weight_grad_tiles
+from jsr.ops.conv import (
+    NHWC,
+    WEIGHT_GRADS,
+    conv_function,
+    fast_conv,
+    input_grad_phases,
+    weight_grad_chunks,
+    weight_grad_tiles,
+)
 
 # (kernel, stride, padding) as the models use them: 3x3 same, 9x9 same (conv01), 3x3 stride 2 pad (1, 1) (D).
 CASES = [(3, 1, ((1, 1), (1, 1))), (9, 1, ((4, 4), (4, 4))), (3, 2, ((1, 1), (1, 1)))]
@@ -221,3 +229,28 @@ def test_generator_fast_inference_with_mask_equals_xla():
     fast = Generator(n_feats=8, num_blocks=2, conv="fast")
     got = jax.jit(lambda v: fast.apply(v, x, valid_mask=mask))(variables)
     np.testing.assert_allclose(got, jax.jit(lambda v: ref.apply(v, x, valid_mask=mask))(variables), **TOL)
+
+
+@pytest.mark.parametrize(
+    "hw, kernel, stride, pad",
+    [
+        ((12, 12), 3, 2, ((1, 1), (1, 1))),  # the discriminator's stride-2 convs
+        ((9, 7), 3, 2, ((1, 1), (1, 1))),  # odd sizes: phases of different lengths
+        ((8, 8), 4, 2, ((1, 2), (1, 2))),  # even kernel, asymmetric padding
+        ((10, 11), 3, 3, ((1, 1), (0, 0))),
+        ((8, 9), 1, 2, ((0, 0), (0, 0))),  # kernel smaller than the stride: some phases get no tap (zero)
+        ((8, 8), 3, 2, ((0, 0), (0, 0))),  # VALID: trailing input rows feed no output
+        ((7, 7), 5, 2, ((2, 2), (2, 2))),
+    ],
+)
+def test_strided_input_gradient_by_phases_equals_xla(hw, kernel, stride, pad):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, *hw, 3), np.float32))
+    w = jnp.asarray(rng.standard_normal((kernel, kernel, 3, 5), np.float32))
+    y, vjp = jax.vjp(lambda x_: plain(x_, w, stride, pad), x)
+    dy = jnp.asarray(rng.standard_normal(y.shape, np.float32))
+    got = input_grad_phases(dy, w, x.shape, (stride, stride), pad)
+    np.testing.assert_allclose(got, vjp(dy)[0], rtol=1e-5, atol=1e-5)
+    # and fast_conv's backward uses it
+    _, fast_vjp = jax.vjp(lambda x_: fast_conv(x_, w, (stride, stride), pad, dimension_numbers=NHWC), x)
+    np.testing.assert_allclose(fast_vjp(dy)[0], vjp(dy)[0], rtol=1e-5, atol=1e-5)
