@@ -130,6 +130,18 @@ def test_auto_takes_the_chunked_path_above_its_threshold_and_stays_exact():
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(want))))
 
 
+def test_auto_takes_kernel_rows_for_rgb_inputs_above_the_threshold_and_stays_exact():
+    """3 input channels over 2 x 72 x 72 output pixels (the discriminator's first conv): 'auto' builds per-row
+    patches (a concatenate in the graph, XLA's own has none); equal to XLA's gradient."""
+    x, w = data(3, cin=3, cout=8, side=72)
+    pad = ((1, 1), (1, 1))
+    dy = jnp.asarray(np.random.default_rng(3).standard_normal(plain(x, w, 1, pad).shape, np.float32))
+    auto = functools.partial(WEIGHT_GRADS["auto"], kernel_shape=w.shape, strides=(1, 1), padding=pad)
+    assert "concatenate" in str(jax.make_jaxpr(auto)(x, dy))
+    want = jax.vjp(lambda w_: plain(x, w_, 1, pad), w)[1](dy)[0]
+    np.testing.assert_allclose(jax.jit(auto)(x, dy), want, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(want))))
+
+
 def test_fast_conv_passes_other_convolutions_through():
     """String padding takes the custom path; NCHW layout and dilation go to lax unchanged."""
     x, w = data(3)

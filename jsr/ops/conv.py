@@ -3,7 +3,8 @@
 ``fast_conv`` has ``lax.conv_general_dilated``'s signature, so it plugs into Flax as
 ``nn.Conv(..., conv_general_dilated=fast_conv)`` with the module, its parameters and their layout unchanged. Its
 forward pass is XLA's own, and so is the input gradient of stride-1 convs (strided ones: ``input_grad_phases``,
-one stride-1 conv per output phase); the kernel (weight) gradient is computed by one of ``WEIGHT_GRADS`` (``benchmarks/conv_grad.py`` measures them against XLA's weight-gradient convolution):
+one stride-1 conv per output phase); the kernel (weight) gradient is computed by one of ``WEIGHT_GRADS``
+(``benchmarks/conv_grad.py`` measures them against XLA's weight-gradient convolution):
 
 - ``xla``: XLA's own (the transpose of the convolution; reference).
 - ``taps``: one matmul per kernel tap, ``dW[i, j] = x_shifted(i, j)^T dy`` contracted over batch and space.
@@ -195,12 +196,16 @@ def weight_grad_out_patches(x, dy, kernel_shape, strides, padding, precision=Non
 
 def weight_grad_auto(x, dy, kernel_shape, strides, padding, precision=None):
     """The measured choice (benchmarks/conv_grad.py, jax 0.12 CPU): the patches of ``dy`` for stride-1 convs with
-    at most 8 output and at least 16 input channels (the 3-channel last conv: 4-5x XLA's); batch chunks of 2304
+    at most 8 output and at least 16 input channels (the 3-channel last conv: 4-5x XLA's); per kernel row for at
+    most 4 input channels over more than 9216 batch x output pixels (the discriminator's RGB conv at 96x96: 39-41
+    vs 17-18 GFLOP/s; SRResNet's 9x9 RGB conv at 24x24 stays with XLA's, 135 vs 67); batch chunks of 2304
     output pixels where XLA's weight gradient leaves its fast regime (more than 9216 batch x output pixels, >= 16
     channels in and out); XLA's own elsewhere (as fast or faster there)."""
     n, ho, wo, cout = dy.shape
     if tuple(strides) == (1, 1) and cout <= 8 and x.shape[-1] >= 16:
         return weight_grad_out_patches(x, dy, kernel_shape, strides, padding, precision)
+    if x.shape[-1] <= 4 and n * ho * wo > 9216:
+        return weight_grad_rows(x, dy, kernel_shape, strides, padding, precision)
     if n * ho * wo > 9216 and min(x.shape[-1], cout) >= 16:
         return weight_grad_chunks(x, dy, kernel_shape, strides, padding, precision, pixels=2304)
     return weight_grad_xla(x, dy, kernel_shape, strides, padding, precision)
