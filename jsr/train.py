@@ -32,6 +32,7 @@ from jsr import data as jdata
 from jsr.inference import Upscaler
 from jsr.logger import MetricLogger
 from jsr.models import Discriminator, Generator, VGG19Features
+from jsr.models.vgg import with_input_grad_kernels
 from jsr.ops.conv import resolve_conv
 from jsr.optim import Plateau, make_optimizer
 
@@ -97,16 +98,21 @@ def discriminator_patch(config: ml_collections.ConfigDict) -> int:
 
 
 def load_vgg(config: ml_collections.ConfigDict) -> tuple[VGG19Features, Any]:
+    """The frozen VGG19 of the perceptual loss: module and variables (with conv='fast', plus the kernels' input-
+    gradient forms, built once here rather than in every step)."""
+    module = VGG19Features(dtype=compute_dtype(config), conv=conv_path(config))
+    prepare = with_input_grad_kernels if module.conv == "fast" else dict
     path = config.loss.get("vgg_weights", "")
     if path:
         try:
             _, variables = checkpoints.load_model(path, expect="vgg19")
         except checkpoints.ModelFileError as e:
             raise TrainingError(f"config.loss.vgg_weights: {e}") from e
-        return VGG19Features(dtype=compute_dtype(config), conv=conv_path(config)), variables
+        return module, prepare(variables)
     if config.loss.get("allow_random_vgg", False):  # tests only: the loss is then meaningless but shaped right
-        module = VGG19Features(dtype=compute_dtype(config), conv=conv_path(config))
-        return module, module.init(jax.random.PRNGKey(1), jnp.zeros((1, 32, 32, 3)), taps=(config.loss.vgg_tap,))
+        return module, prepare(
+            module.init(jax.random.PRNGKey(1), jnp.zeros((1, 32, 32, 3)), taps=(config.loss.vgg_tap,))
+        )
     raise TrainingError(
         "the gan stage needs VGG19 weights for its perceptual loss, and config.loss.vgg_weights is empty. Convert "
         "torchvision's vgg19-dcbb9e9d.pth once with `python tools/convert_torch_weights.py --model vgg19 --input "

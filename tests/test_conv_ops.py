@@ -10,12 +10,14 @@ import pytest
 from jax import lax
 
 from jsr.models import Discriminator, Generator
-from jsr.models.vgg import VGG19Features
+from jsr.models.vgg import INPUT_GRAD_KERNELS, VGG19Features, with_input_grad_kernels
 from jsr.ops.conv import (
     NHWC,
     WEIGHT_GRADS,
     conv_function,
     fast_conv,
+    frozen_fast_conv,
+    input_grad_kernel,
     input_grad_phases,
     weight_grad_chunks,
     weight_grad_tiles,
@@ -266,3 +268,43 @@ def test_strided_input_gradient_by_phases_equals_xla(hw, kernel, stride, pad):
     # and fast_conv's backward uses it
     _, fast_vjp = jax.vjp(lambda x_: fast_conv(x_, w, (stride, stride), pad, dimension_numbers=NHWC), x)
     np.testing.assert_allclose(fast_vjp(dy)[0], vjp(dy)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_vgg_with_input_grad_kernels_equals_plain_and_reads_them():
+    """The frozen-VGG backward from precomputed input-gradient kernels: equal values and input gradient (and kernel
+    gradient, for whoever trains it), and the precomputed kernels are what the backward reads."""
+    x = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (2, 24, 24, 3)).astype(np.float32))
+    variables = VGG19Features().init(jax.random.PRNGKey(0), x, taps=("relu3_1",))
+    prepared = with_input_grad_kernels(variables)
+    assert set(prepared[INPUT_GRAD_KERNELS]) == set(variables["params"])
+
+    def loss(conv, variables, x):
+        out = VGG19Features(conv=conv).apply(variables, x, taps=("relu3_1",))["relu3_1"]
+        return jnp.sum(jnp.sin(out))
+
+    value_and_grads = jax.jit(jax.value_and_grad(loss, argnums=(1, 2)), static_argnums=0)
+    (v_ref, (gp_ref, gx_ref)) = value_and_grads("xla", variables, x)
+    (v, (gp, gx)) = value_and_grads("fast", prepared, x)
+    np.testing.assert_allclose(v, v_ref, **TOL)
+    np.testing.assert_allclose(gx, gx_ref, rtol=1e-3, atol=1e-4 * float(jnp.max(jnp.abs(gx_ref))))
+    scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(gp_ref["params"]))
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * scale), gp["params"], gp_ref["params"]
+    )
+    # the precomputed kernels pass no gradient of their own, and they are what the input gradient uses
+    assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree.leaves(gp[INPUT_GRAD_KERNELS]))
+    corrupted = {**prepared, INPUT_GRAD_KERNELS: jax.tree.map(lambda k: 2.0 * k, prepared[INPUT_GRAD_KERNELS])}
+    _, (_, gx_corrupted) = value_and_grads("fast", corrupted, x)
+    assert float(jnp.max(jnp.abs(gx_corrupted - gx))) > 1e-3 * float(jnp.max(jnp.abs(gx)))
+
+
+def test_frozen_fast_conv_leaves_strided_and_tiny_convs_to_fast_conv():
+    x, w = data(3, side=12)
+    pad = ((1, 1), (1, 1))
+    wrong = jnp.zeros_like(input_grad_kernel(w))  # would zero the input gradient if it were read
+    for stride, xin in ((2, x), (1, x[:, :4, :4])):  # stride 2; 4x4 = 16 output pixels (the im2col path)
+        f = lambda x_, s=stride: jnp.sum(  # noqa: E731
+            jnp.sin(frozen_fast_conv(x_, w, (s, s), pad, dimension_numbers=NHWC, input_grad_kernel=wrong))
+        )
+        want = jax.grad(lambda x_, s=stride: jnp.sum(jnp.sin(plain(x_, w, s, pad))))(xin)
+        np.testing.assert_allclose(jax.grad(f)(xin), want, **TOL)

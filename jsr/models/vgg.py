@@ -6,13 +6,15 @@ normalisation itself. Features are taken AFTER the ReLU, as SRGAN defines VGG22 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
-from jsr.ops.conv import conv_function
+from jsr.ops.conv import conv_function, frozen_fast_conv, input_grad_kernel
 from jsr.ops.pool import max_pool_2x2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -20,6 +22,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # torchvision cfg "E": convs per block, channels per block; a 2x2 max pool follows every block.
 VGG19_BLOCKS = ((2, 64), (2, 128), (4, 256), (4, 512), (4, 512))
 VGG19_TAPS = tuple(f"relu{b + 1}_{i + 1}" for b, (n, _) in enumerate(VGG19_BLOCKS) for i in range(n))
+# Variable collection of the kernels' input-gradient forms (``with_input_grad_kernels``); read only with conv='fast'.
+INPUT_GRAD_KERNELS = "input_grad_kernels"
 
 
 def torchvision_index(tap: str) -> int:
@@ -34,12 +38,23 @@ def torchvision_index(tap: str) -> int:
     raise KeyError(tap)
 
 
+def with_input_grad_kernels(variables: Mapping[str, Any]) -> dict[str, Any]:
+    """``variables`` plus each conv kernel's input-gradient form (``jsr.ops.conv.input_grad_kernel``), built once.
+
+    For a FROZEN VGG19 (the perceptual loss) with conv='fast': its backward pass then reads these instead of
+    transposing every kernel in every step (equal values; 80 MB more memory for the full network)."""
+    params = variables["params"]
+    flipped = jax.jit(lambda p: {name: input_grad_kernel(layer["kernel"]) for name, layer in p.items()})(params)
+    return {**variables, INPUT_GRAD_KERNELS: flipped}
+
+
 class VGG19Features(nn.Module):
     """``__call__(x, taps=("relu2_2", "relu5_4"))`` -> {tap: NHWC features}; stops after the deepest tap."""
 
     dtype: Any = jnp.float32
-    # 'fast': convs by jsr.ops.conv.fast_conv (also im2col on tiny feature maps, XLA CPU's slow case) and pools by
-    # jsr.ops.pool.max_pool_2x2 (an elementwise gradient instead of XLA CPU's scalar select_and_scatter)
+    # 'fast': convs by jsr.ops.conv.fast_conv (also im2col on tiny feature maps, XLA CPU's slow case; with
+    # ``with_input_grad_kernels`` variables, frozen_fast_conv), pools by jsr.ops.pool.max_pool_2x2 (an elementwise
+    # gradient instead of XLA CPU's scalar select_and_scatter)
     conv: str = "xla"
 
     @nn.compact
@@ -61,13 +76,17 @@ class VGG19Features(nn.Module):
                     x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
             for i in range(n):
                 name = f"conv{b + 1}_{i + 1}"
+                conv = conv_function(self.conv)
+                if self.conv == "fast" and self.has_variable(INPUT_GRAD_KERNELS, name):
+                    flipped = self.get_variable(INPUT_GRAD_KERNELS, name)
+                    conv = functools.partial(frozen_fast_conv, input_grad_kernel=flipped)
                 x = nn.relu(
                     nn.Conv(
                         features,
                         (3, 3),
                         padding=((1, 1), (1, 1)),
                         dtype=self.dtype,
-                        conv_general_dilated=conv_function(self.conv),
+                        conv_general_dilated=conv,
                         name=name,
                     )(x)
                 )
