@@ -9,7 +9,8 @@ Cases (same shapes on both sides; defaults are SRGAN's: SRResNet 16 blocks x 64 
   infer_1024_tiled  the same on 1024x1024 (-> 4096x4096), tiled by the Upscaler's defaults: output megapixels/s
 The jsr side runs in this process; the PyTorch side (``benchmarks/torch_reference.py``) in a fresh subprocess of a
 Python that has torch (``--torch-python``), right after the jsr side of the same case, so that background load hits
-both alike. jsr runs with ``--conv`` (default 'auto': 'fast', ``jsr.ops.conv``, on CPU, as training does;
+both alike (``--rounds R`` alternates R such pairs per case; medians over all their repetitions, and each round's
+ratio). jsr runs with ``--conv`` (default 'auto': 'fast', ``jsr.ops.conv``, on CPU, as training does;
 ``--compare-conv`` also times the other path in the same case). Each side: warm-up excluded, median of
 ``--repeats`` timed repetitions. jsr's compile time is reported apart (lower + compile of the step; for inference,
 first call minus the median). Peak memory: the torch process's peak RSS per case; jsr's process peak RSS so far
@@ -264,6 +265,16 @@ def run_torch(case: str, args, python: str, overlap: int) -> dict:
 # ------------------------------------------------------------------------------------------------ report
 
 
+def merge_runs(runs: list[dict]) -> dict:
+    """One side's runs of a case (``--rounds``) as one: all timed repetitions, the largest peak memory, the first
+    run's compile time (later runs compile the same program again)."""
+    merged = dict(runs[0])
+    merged["times_s"] = [t for run in runs for t in run["times_s"]]
+    if "peak_rss_mb" in merged:
+        merged["peak_rss_mb"] = max(run["peak_rss_mb"] for run in runs)
+    return merged
+
+
 def summarise(side: dict, unit_flops: bool, peak: float | None) -> dict:
     med = statistics.median(side["times_s"])
     out = {"median_s": med, "throughput": side["items"] / med, "times_s": side["times_s"]}
@@ -322,6 +333,12 @@ def parse_args(argv=None):
         "--compare-conv", action="store_true", help="train cases: also time jsr with the other conv path (jsr_other)"
     )
     p.add_argument("--tiled-repeats", type=int, default=3, help="repetitions of the (long) 1024 tiled case")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="alternate jsr and torch runs of each case this many times (medians over all)",
+    )
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype (torch: AMP)")
     p.add_argument("--torch-python", help="a Python that imports torch (default: /tmp/v311/bin/python, python3.11)")
     p.add_argument("--torch-device", default="cpu", help="cpu | cuda")
@@ -341,6 +358,7 @@ def parse_args(argv=None):
         args.repeats, args.warmup = min(args.repeats, 2), 1
         args.tiled_repeats = min(args.tiled_repeats, 2)
     args.warmup = max(1, args.warmup)
+    args.rounds = max(1, args.rounds)
     return args
 
 
@@ -367,19 +385,29 @@ def main(argv=None) -> dict:
         if case == "infer_1024_tiled":
             case_args.repeats, case_args.warmup = args.tiled_repeats, 1
         other_conv = ("xla" if args.conv == "fast" else "fast") if args.compare_conv else None
-        jsr, *other = run_jsr(case, case_args, other_conv)
+        # --rounds alternates whole jsr and torch runs, so that minutes-long drift of the machine hits both sides
+        jsr_runs, torch_runs = [], []
+        for _ in range(args.rounds):
+            jsr_runs.append(run_jsr(case, case_args, other_conv))
+            if torch_python:
+                torch_runs.append(run_torch(case, case_args, torch_python, jsr_runs[-1][0].get("overlap", 0)))
+        jsr, *other = (merge_runs(list(sides)) for sides in zip(*jsr_runs, strict=True))
         row = {"jsr_detail": summarise(jsr, True, peak)}
         row["jsr"] = row["jsr_detail"]["throughput"]
         if other:
             row["jsr_other_detail"] = summarise(other[0], True, peak) | {"conv": other_conv}
             row["jsr_other"] = row["jsr_other_detail"]["throughput"]
         if torch_python:
-            overlap = jsr.get("overlap", 0)
-            torch = run_torch(case, case_args, torch_python, overlap)
+            torch = merge_runs(torch_runs)
             torch_versions = torch["versions"]
             row["torch_detail"] = summarise(torch, False, None)
             row["torch"] = row["torch_detail"]["throughput"]
             row["ratio"] = row["jsr"] / row["torch"]
+            if args.rounds > 1:  # each round's ratio of medians: the spread the drift leaves
+                row["round_ratios"] = [
+                    statistics.median(t["times_s"]) / statistics.median(j[0]["times_s"]) * j[0]["items"] / t["items"]
+                    for j, t in zip(jsr_runs, torch_runs, strict=True)
+                ]
             if "jsr_other" in row:
                 row["ratio_other"] = row["jsr_other"] / row["torch"]
         row["unit"] = "images/s" if case.startswith("train") else "output megapixels/s"
@@ -395,7 +423,17 @@ def main(argv=None) -> dict:
         "versions": versions(torch_versions, args),
         "settings": {
             k: getattr(args, k)
-            for k in ("batch", "patch", "n_feats", "num_blocks", "infer_side", "tiled_side", "tile", "repeats")
+            for k in (
+                "batch",
+                "patch",
+                "n_feats",
+                "num_blocks",
+                "infer_side",
+                "tiled_side",
+                "tile",
+                "repeats",
+                "rounds",
+            )
         }
         | {"warmup": args.warmup, "quick": args.quick},
         "cases": results,
@@ -415,6 +453,8 @@ def format_row(case: str, row: dict) -> str:
     if "jsr_other" in row:
         o = row["jsr_other_detail"]
         text += f"; jsr conv={o['conv']} {row['jsr_other']:.3f} ({o['median_s'] * 1e3:.0f} ms)"
+    if "round_ratios" in row:
+        text += "; rounds " + " ".join(f"{r:.2f}x" for r in row["round_ratios"])
     return text
 
 

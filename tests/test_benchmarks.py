@@ -18,7 +18,8 @@ def load_run(name="run"):
 def test_run_quick_writes_side_by_side_json(tmp_path):
     run = load_run()
     torch_python = run.find_torch_python(None)
-    argv = ["--quick", "--cases", "train_mse,infer_128", "--repeats", "1", "--json", str(tmp_path / "out.json")]
+    argv = ["--quick", "--cases", "train_mse,infer_128", "--repeats", "1", "--rounds", "2"]
+    argv += ["--json", str(tmp_path / "out.json")]
     report = run.main(argv + ([] if torch_python else ["--no-torch"]))
     saved = json.loads((tmp_path / "out.json").read_text())
     assert saved["cases"].keys() == report["cases"].keys() == {"train_mse", "infer_128"}
@@ -27,8 +28,10 @@ def test_run_quick_writes_side_by_side_json(tmp_path):
         assert case["jsr"] > 0
         assert case["jsr_detail"]["compile_s"] >= 0
         assert case["jsr_detail"]["flops"] > 0 and case["jsr_detail"]["achieved_flops_per_s"] > 0
+        assert len(case["jsr_detail"]["times_s"]) == 2  # one repetition in each of two rounds
         if torch_python:
             assert case["torch"] > 0 and abs(case["ratio"] - case["jsr"] / case["torch"]) < 1e-9
+            assert len(case["torch_detail"]["times_s"]) == 2 and len(case["round_ratios"]) == 2
     if torch_python:
         assert saved["versions"]["torch"]
 
