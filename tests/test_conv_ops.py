@@ -16,7 +16,6 @@ from jsr.ops.conv import (
     WEIGHT_GRADS,
     conv_function,
     fast_conv,
-    frozen_fast_conv,
     input_grad_kernel,
     input_grad_phases,
     weight_grad_chunks,
@@ -298,13 +297,13 @@ def test_vgg_with_input_grad_kernels_equals_plain_and_reads_them():
     assert float(jnp.max(jnp.abs(gx_corrupted - gx))) > 1e-3 * float(jnp.max(jnp.abs(gx)))
 
 
-def test_frozen_fast_conv_leaves_strided_and_tiny_convs_to_fast_conv():
+def test_input_grad_kernel_is_ignored_by_strided_and_tiny_convs():
     x, w = data(3, side=12)
     pad = ((1, 1), (1, 1))
     wrong = jnp.zeros_like(input_grad_kernel(w))  # would zero the input gradient if it were read
     for stride, xin in ((2, x), (1, x[:, :4, :4])):  # stride 2; 4x4 = 16 output pixels (the im2col path)
         f = lambda x_, s=stride: jnp.sum(  # noqa: E731
-            jnp.sin(frozen_fast_conv(x_, w, (s, s), pad, dimension_numbers=NHWC, input_grad_kernel=wrong))
+            jnp.sin(fast_conv(x_, w, (s, s), pad, dimension_numbers=NHWC, input_grad_kernel=wrong))
         )
         want = jax.grad(lambda x_, s=stride: jnp.sum(jnp.sin(plain(x_, w, s, pad))))(xin)
         np.testing.assert_allclose(jax.grad(f)(xin), want, **TOL)

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jsr.ops.conv import conv_function, frozen_fast_conv, input_grad_kernel
+from jsr.ops.conv import conv_function, fast_conv, input_grad_kernel
 from jsr.ops.pool import max_pool_2x2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -53,8 +53,8 @@ class VGG19Features(nn.Module):
 
     dtype: Any = jnp.float32
     # 'fast': convs by jsr.ops.conv.fast_conv (also im2col on tiny feature maps, XLA CPU's slow case; with
-    # ``with_input_grad_kernels`` variables, frozen_fast_conv), pools by jsr.ops.pool.max_pool_2x2 (an elementwise
-    # gradient instead of XLA CPU's scalar select_and_scatter)
+    # ``with_input_grad_kernels`` variables, their input-gradient forms), pools by jsr.ops.pool.max_pool_2x2 (an
+    # elementwise gradient instead of XLA CPU's scalar select_and_scatter)
     conv: str = "xla"
 
     @nn.compact
@@ -79,7 +79,7 @@ class VGG19Features(nn.Module):
                 conv = conv_function(self.conv)
                 if self.conv == "fast" and self.has_variable(INPUT_GRAD_KERNELS, name):
                     flipped = self.get_variable(INPUT_GRAD_KERNELS, name)
-                    conv = functools.partial(frozen_fast_conv, input_grad_kernel=flipped)
+                    conv = functools.partial(fast_conv, input_grad_kernel=flipped)
                 x = nn.relu(
                     nn.Conv(
                         features,

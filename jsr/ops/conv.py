@@ -302,74 +302,6 @@ def _custom_conv(strides: tuple[int, int], padding: tuple[tuple[int, int], ...],
     return conv
 
 
-# Output pixels per image at or below which ``fast_conv`` is im2col + one matmul (differentiated by JAX) instead of
-# XLA's convolution: on CPU, XLA swaps the operands of a conv whose input is smaller than its kernel (VGG's 2x2 maps
-# at 32x32 input) and runs the result as a naive loop at ~2 GFLOP/s; its input gradient at 4x4 is 3-4x slow too.
-SMALL_CONV_PIXELS = 16
-
-
-def _out_hw(lhs_shape, rhs_shape, strides, pads) -> tuple[int, int]:
-    (_, h, w, _), (kh, kw, _, _) = lhs_shape, rhs_shape
-    return (h + sum(pads[0]) - kh) // strides[0] + 1, (w + sum(pads[1]) - kw) // strides[1] + 1
-
-
-def _im2col_conv(x, k, out_hw, strides, pads, precision):
-    """The convolution as ``_im2col`` patches times the reshaped kernel: one matmul."""
-    kh, kw, cin, cout = k.shape
-    patches = _im2col(x, (kh, kw), out_hw, strides, pads)
-    return lax.dot_general(patches, k.reshape(kh * kw * cin, cout), (((3,), (0,)), ((), ())), precision=precision)
-
-
-def fast_conv(
-    lhs,
-    rhs,
-    window_strides: Sequence[int],
-    padding,
-    lhs_dilation: Sequence[int] | None = None,
-    rhs_dilation: Sequence[int] | None = None,
-    dimension_numbers=None,
-    feature_group_count: int = 1,
-    batch_group_count: int = 1,
-    precision=None,
-    preferred_element_type=None,
-    *,
-    weight_grad: str = DEFAULT_WEIGHT_GRAD,
-):
-    """``lax.conv_general_dilated`` with the kernel gradient computed by ``WEIGHT_GRADS[weight_grad]`` (or, for at
-    most ``SMALL_CONV_PIXELS`` output pixels, the whole convolution as im2col + one matmul)."""
-    plain_call = functools.partial(
-        lax.conv_general_dilated,
-        lhs,
-        rhs,
-        window_strides,
-        padding,
-        lhs_dilation=lhs_dilation,
-        rhs_dilation=rhs_dilation,
-        dimension_numbers=dimension_numbers,
-        feature_group_count=feature_group_count,
-        batch_group_count=batch_group_count,
-        precision=precision,
-        preferred_element_type=preferred_element_type,
-    )
-    undilated = all(d == 1 for d in (lhs_dilation or ())) and all(d == 1 for d in (rhs_dilation or ()))
-    if (
-        weight_grad == "xla"
-        or not _is_nhwc(dimension_numbers, jnp.ndim(lhs))
-        or not undilated
-        or feature_group_count != 1
-        or batch_group_count != 1
-        or preferred_element_type is not None
-        or jnp.result_type(lhs) != jnp.result_type(rhs)
-    ):
-        return plain_call()
-    strides = tuple(int(s) for s in window_strides)
-    pads = _explicit_padding(padding, jnp.shape(lhs), jnp.shape(rhs), strides)
-    out_hw = _out_hw(jnp.shape(lhs), jnp.shape(rhs), strides, pads)
-    if 0 < out_hw[0] * out_hw[1] <= SMALL_CONV_PIXELS:
-        return _im2col_conv(lhs, rhs, out_hw, strides, pads, precision)
-    return _custom_conv(strides, pads, precision, weight_grad)(lhs, rhs)
-
-
 # ------------------------------------------------------------------------------------------------ frozen kernels
 
 
@@ -377,7 +309,7 @@ def input_grad_kernel(kernel):
     """The kernel a stride-1 HWIO conv's input gradient convolves with: spatially flipped, in and out swapped.
 
     XLA builds it inside every backward pass (VGG19's: 74 ms of transposes per perceptual-loss backward at batch
-    16 x 96 on 2 cores); for a frozen kernel it can be built once and passed to ``frozen_fast_conv``."""
+    16 x 96 on 2 cores); for a frozen kernel it can be built once and passed to ``fast_conv``."""
     return jnp.swapaxes(lax.rev(kernel, (0, 1)), 2, 3)
 
 
@@ -414,7 +346,25 @@ def _frozen_conv(padding: tuple[tuple[int, int], ...], precision):
     return conv
 
 
-def frozen_fast_conv(
+# Output pixels per image at or below which ``fast_conv`` is im2col + one matmul (differentiated by JAX) instead of
+# XLA's convolution: on CPU, XLA swaps the operands of a conv whose input is smaller than its kernel (VGG's 2x2 maps
+# at 32x32 input) and runs the result as a naive loop at ~2 GFLOP/s; its input gradient at 4x4 is 3-4x slow too.
+SMALL_CONV_PIXELS = 16
+
+
+def _out_hw(lhs_shape, rhs_shape, strides, pads) -> tuple[int, int]:
+    (_, h, w, _), (kh, kw, _, _) = lhs_shape, rhs_shape
+    return (h + sum(pads[0]) - kh) // strides[0] + 1, (w + sum(pads[1]) - kw) // strides[1] + 1
+
+
+def _im2col_conv(x, k, out_hw, strides, pads, precision):
+    """The convolution as ``_im2col`` patches times the reshaped kernel: one matmul."""
+    kh, kw, cin, cout = k.shape
+    patches = _im2col(x, (kh, kw), out_hw, strides, pads)
+    return lax.dot_general(patches, k.reshape(kh * kw * cin, cout), (((3,), (0,)), ((), ())), precision=precision)
+
+
+def fast_conv(
     lhs,
     rhs,
     window_strides: Sequence[int],
@@ -427,12 +377,21 @@ def frozen_fast_conv(
     precision=None,
     preferred_element_type=None,
     *,
-    input_grad_kernel,
+    weight_grad: str = DEFAULT_WEIGHT_GRAD,
+    input_grad_kernel=None,
 ):
-    """``fast_conv`` for a kernel that is not trained, given ``input_grad_kernel(rhs)`` computed once: stride-1
-    NHWC convs read it for their input gradient instead of transposing ``rhs`` in every backward pass (equal
-    values); any other call is ``fast_conv``'s."""
-    kwargs = dict(
+    """``lax.conv_general_dilated`` with the kernel gradient computed by ``WEIGHT_GRADS[weight_grad]`` (or, for at
+    most ``SMALL_CONV_PIXELS`` output pixels, the whole convolution as im2col + one matmul).
+
+    ``input_grad_kernel``: for a kernel that is not trained, ``input_grad_kernel(rhs)`` computed once; stride-1
+    convs then read it for their input gradient instead of transposing ``rhs`` in every backward pass (equal
+    values; the kernel's own gradient stays available and exact)."""
+    plain_call = functools.partial(
+        lax.conv_general_dilated,
+        lhs,
+        rhs,
+        window_strides,
+        padding,
         lhs_dilation=lhs_dilation,
         rhs_dilation=rhs_dilation,
         dimension_numbers=dimension_numbers,
@@ -441,23 +400,26 @@ def frozen_fast_conv(
         precision=precision,
         preferred_element_type=preferred_element_type,
     )
-    strides = tuple(int(s) for s in window_strides)
     undilated = all(d == 1 for d in (lhs_dilation or ())) and all(d == 1 for d in (rhs_dilation or ()))
     if (
-        strides == (1, 1)
-        and undilated
-        and _is_nhwc(dimension_numbers, jnp.ndim(lhs))
-        and feature_group_count == 1
-        and batch_group_count == 1
-        and preferred_element_type is None
-        and jnp.result_type(lhs) == jnp.result_type(rhs)
+        weight_grad == "xla"
+        or not _is_nhwc(dimension_numbers, jnp.ndim(lhs))
+        or not undilated
+        or feature_group_count != 1
+        or batch_group_count != 1
+        or preferred_element_type is not None
+        or jnp.result_type(lhs) != jnp.result_type(rhs)
     ):
-        pads = _explicit_padding(padding, jnp.shape(lhs), jnp.shape(rhs), strides)
-        out_hw = _out_hw(jnp.shape(lhs), jnp.shape(rhs), strides, pads)
-        if out_hw[0] * out_hw[1] > SMALL_CONV_PIXELS:
-            k_input_grad = jnp.asarray(input_grad_kernel).astype(jnp.result_type(rhs))
-            return _frozen_conv(pads, precision)(lhs, rhs, k_input_grad)
-    return fast_conv(lhs, rhs, window_strides, padding, **kwargs)
+        return plain_call()
+    strides = tuple(int(s) for s in window_strides)
+    pads = _explicit_padding(padding, jnp.shape(lhs), jnp.shape(rhs), strides)
+    out_hw = _out_hw(jnp.shape(lhs), jnp.shape(rhs), strides, pads)
+    if 0 < out_hw[0] * out_hw[1] <= SMALL_CONV_PIXELS:
+        return _im2col_conv(lhs, rhs, out_hw, strides, pads, precision)
+    if input_grad_kernel is not None and strides == (1, 1):
+        k_input_grad = jnp.asarray(input_grad_kernel).astype(jnp.result_type(rhs))
+        return _frozen_conv(pads, precision)(lhs, rhs, k_input_grad)
+    return _custom_conv(strides, pads, precision, weight_grad)(lhs, rhs)
 
 
 CONV_PATHS = ("xla", "fast")
