@@ -1,5 +1,7 @@
-"""Custom operations: ``conv`` (a convolution with a selectable weight-gradient formulation)."""
+"""Custom operations: ``conv`` (a convolution with selectable gradient formulations) and ``pool`` (a 2x2 max pool
+with an elementwise gradient)."""
 
 from jsr.ops.conv import CONV_PATHS, conv_function, fast_conv
+from jsr.ops.pool import max_pool_2x2
 
-__all__ = ["CONV_PATHS", "conv_function", "fast_conv"]
+__all__ = ["CONV_PATHS", "conv_function", "fast_conv", "max_pool_2x2"]
