@@ -9,8 +9,8 @@ Cases (same shapes on both sides; defaults are SRGAN's: SRResNet 16 blocks x 64 
   infer_1024_tiled  the same on 1024x1024 (-> 4096x4096), tiled by the Upscaler's defaults: output megapixels/s
 The jsr side runs in this process; the PyTorch side (``benchmarks/torch_reference.py``) in a fresh subprocess of a
 Python that has torch (``--torch-python``), right after the jsr side of the same case, so that background load hits
-both alike (``--rounds R`` alternates R such pairs per case; medians over all their repetitions, and each round's
-ratio). jsr runs with ``--conv`` (default 'auto': 'fast', ``jsr.ops.conv``, on CPU, as training does;
+both alike (``--rounds R`` runs R such pairs per case in ABBA order; medians over all their repetitions, and each
+round's ratio). jsr runs with ``--conv`` (default 'auto': 'fast', ``jsr.ops.conv``, on CPU, as training does;
 ``--compare-conv`` also times the other path in the same case). Each side: warm-up excluded, median of
 ``--repeats`` timed repetitions. jsr's compile time is reported apart (lower + compile of the step; for inference,
 first call minus the median). Peak memory: the torch process's peak RSS per case; jsr's process peak RSS so far
@@ -385,11 +385,15 @@ def main(argv=None) -> dict:
         if case == "infer_1024_tiled":
             case_args.repeats, case_args.warmup = args.tiled_repeats, 1
         other_conv = ("xla" if args.conv == "fast" else "fast") if args.compare_conv else None
-        # --rounds alternates whole jsr and torch runs, so that minutes-long drift of the machine hits both sides
+        # --rounds alternates whole jsr and torch runs in the order jsr, torch, torch, jsr, jsr, ... (ABBA), so that
+        # minutes-long drift of the machine hits both sides alike
         jsr_runs, torch_runs = [], []
-        for _ in range(args.rounds):
+        for r in range(args.rounds):
+            torch_first = r % 2 == 1 and torch_python
+            if torch_first:
+                torch_runs.append(run_torch(case, case_args, torch_python, jsr_runs[0][0].get("overlap", 0)))
             jsr_runs.append(run_jsr(case, case_args, other_conv))
-            if torch_python:
+            if torch_python and not torch_first:
                 torch_runs.append(run_torch(case, case_args, torch_python, jsr_runs[-1][0].get("overlap", 0)))
         jsr, *other = (merge_runs(list(sides)) for sides in zip(*jsr_runs, strict=True))
         row = {"jsr_detail": summarise(jsr, True, peak)}

@@ -101,7 +101,7 @@ def load_vgg(config: ml_collections.ConfigDict) -> tuple[VGG19Features, Any]:
     """The frozen VGG19 of the perceptual loss: module and variables (with conv='fast', plus the kernels' input-
     gradient forms, built once here rather than in every step)."""
     module = VGG19Features(dtype=compute_dtype(config), conv=conv_path(config))
-    prepare = with_input_grad_kernels if module.conv == "fast" else dict
+    prepare = functools.partial(with_input_grad_kernels, dtype=module.dtype) if module.conv == "fast" else dict
     path = config.loss.get("vgg_weights", "")
     if path:
         try:

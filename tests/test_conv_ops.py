@@ -143,6 +143,17 @@ def test_auto_takes_kernel_rows_for_rgb_inputs_above_the_threshold_and_stays_exa
     np.testing.assert_allclose(jax.jit(auto)(x, dy), want, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(want))))
 
 
+@pytest.mark.parametrize("pad", [((-1, -1), (0, 0)), ((-1, 2), (3, -2))])
+def test_rgb_rows_path_takes_negative_padding(pad):
+    """Negative padding (a crop) on the RGB weight-gradient path: gradients equal XLA's."""
+    x, w = data(3, cin=3, cout=4, side=100, n=1)
+    f = lambda conv: jax.grad(lambda x_, w_: jnp.sum(jnp.sin(conv(x_, w_))), argnums=(0, 1))  # noqa: E731
+    fast = lambda x_, w_: fast_conv(x_, w_, (1, 1), pad, dimension_numbers=NHWC)  # noqa: E731
+    got, want = jax.jit(f(fast))(x, w), f(lambda x_, w_: plain(x_, w_, 1, pad))(x, w)
+    for g, r in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(r))))
+
+
 def test_fast_conv_passes_other_convolutions_through():
     """String padding takes the custom path; NCHW layout and dilation go to lax unchanged."""
     x, w = data(3)
@@ -295,6 +306,12 @@ def test_vgg_with_input_grad_kernels_equals_plain_and_reads_them():
     corrupted = {**prepared, INPUT_GRAD_KERNELS: jax.tree.map(lambda k: 2.0 * k, prepared[INPUT_GRAD_KERNELS])}
     _, (_, gx_corrupted) = value_and_grads("fast", corrupted, x)
     assert float(jnp.max(jnp.abs(gx_corrupted - gx))) > 1e-3 * float(jnp.max(jnp.abs(gx)))
+
+
+def test_input_grad_kernel_of_the_wrong_shape_is_a_clear_error():
+    x, w = data(3, cin=5, cout=7, side=12)
+    with pytest.raises(ValueError, match="input_grad_kernel has shape"):
+        fast_conv(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=NHWC, input_grad_kernel=w)  # not flipped
 
 
 def test_input_grad_kernel_is_ignored_by_strided_and_tiny_convs():

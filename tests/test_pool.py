@@ -50,3 +50,13 @@ def test_forward_mode_equals_flax():
 def test_rejects_non_nhwc_input():
     with pytest.raises(ValueError, match="NHWC"):
         max_pool_2x2(jnp.zeros((4, 4, 3)))
+
+
+def test_gradient_goes_where_select_and_scatter_sends_it_with_nan_and_inf():
+    # every window over {nan, -inf, 0, 1, inf} (5^4 = 625 windows, a 25 x 25 grid of them)
+    values = np.array([np.nan, -np.inf, 0.0, 1.0, np.inf], np.float32)
+    windows = np.stack(np.meshgrid(*[np.arange(5)] * 4, indexing="ij"), -1).reshape(25, 25, 2, 2)
+    x = jnp.asarray(values[windows].transpose(0, 2, 1, 3).reshape(1, 50, 50, 1))
+    weights = jnp.asarray(np.random.default_rng(6).uniform(1, 2, (1, 25, 25, 1)).astype(np.float32))
+    got = jax.grad(sum_weighted(max_pool_2x2, weights))(x)
+    np.testing.assert_array_equal(got, jax.grad(sum_weighted(flax_pool, weights))(x))

@@ -38,13 +38,15 @@ def torchvision_index(tap: str) -> int:
     raise KeyError(tap)
 
 
-def with_input_grad_kernels(variables: Mapping[str, Any]) -> dict[str, Any]:
-    """``variables`` plus each conv kernel's input-gradient form (``jsr.ops.conv.input_grad_kernel``), built once.
+def with_input_grad_kernels(variables: Mapping[str, Any], dtype: Any = jnp.float32) -> dict[str, Any]:
+    """``variables`` plus each conv kernel's input-gradient form (``jsr.ops.conv.input_grad_kernel``), built once,
+    in the module's compute ``dtype`` (so that no step casts them again).
 
     For a FROZEN VGG19 (the perceptual loss) with conv='fast': its backward pass then reads these instead of
-    transposing every kernel in every step (equal values; 80 MB more memory for the full network)."""
+    transposing every kernel in every step (equal values; 80 MB more memory for the full network in float32).
+    Rebuild them if ``variables["params"]`` ever change: a stale copy gives a wrong input gradient."""
     params = variables["params"]
-    flipped = jax.jit(lambda p: {name: input_grad_kernel(layer["kernel"]) for name, layer in p.items()})(params)
+    flipped = jax.jit(lambda p: {n: input_grad_kernel(layer["kernel"]).astype(dtype) for n, layer in p.items()})(params)
     return {**variables, INPUT_GRAD_KERNELS: flipped}
 
 

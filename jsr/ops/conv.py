@@ -53,6 +53,12 @@ def _explicit_padding(padding, lhs_shape, rhs_shape, strides) -> tuple[tuple[int
 # ------------------------------------------------------------------------------------------------ weight gradients
 
 
+def _pad_hw(x, padding):
+    """Zero-pad (or, for negative amounts, crop) the two spatial axes of NHWC ``x``, as the convolution does."""
+    (pt, pb), (pl, pr) = padding
+    return lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (pt, pb, 0), (pl, pr, 0), (0, 0, 0)))
+
+
 def _shifted(xpad, i: int, j: int, out_hw: tuple[int, int], strides: tuple[int, int]):
     """xpad[:, i + s*h, j + s*w, :] for h < Ho, w < Wo: the input pixels that kernel tap (i, j) multiplies."""
     (ho, wo), (sh, sw) = out_hw, strides
@@ -62,7 +68,7 @@ def _shifted(xpad, i: int, j: int, out_hw: tuple[int, int], strides: tuple[int, 
 
 def _im2col(x, kernel_hw: tuple[int, int], out_hw: tuple[int, int], strides, padding):
     """The kh*kw shifted input slices of the padded ``x`` concatenated on channels: (N, Ho, Wo, kh*kw*Cin)."""
-    xpad = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    xpad = _pad_hw(x, padding)
     kh, kw = kernel_hw
     return jnp.concatenate([_shifted(xpad, i, j, out_hw, strides) for i in range(kh) for j in range(kw)], axis=-1)
 
@@ -87,7 +93,7 @@ def weight_grad_xla(x, dy, kernel_shape, strides, padding, precision=None):
 
 def weight_grad_taps(x, dy, kernel_shape, strides, padding, precision=None):
     kh, kw, _, _ = kernel_shape
-    xpad = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    xpad = _pad_hw(x, padding)
     out_hw = dy.shape[1:3]
     taps = [
         _contract(_shifted(xpad, i, j, out_hw, strides), dy, precision, x.dtype) for i in range(kh) for j in range(kw)
@@ -102,7 +108,7 @@ def weight_grad_im2col(x, dy, kernel_shape, strides, padding, precision=None):
 
 def weight_grad_rows(x, dy, kernel_shape, strides, padding, precision=None):
     kh, kw, _, _ = kernel_shape
-    xpad = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    xpad = _pad_hw(x, padding)
     out_hw = dy.shape[1:3]
     rows = []
     for i in range(kh):
@@ -126,7 +132,7 @@ def _fold_tiles(x, dy, kernel_shape, strides, padding, tile: int):
     th, tw = _tile_side(ho, tile), _tile_side(wo, tile)
     if (th, tw) == (ho, wo):
         return x, dy, padding
-    xpad = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    xpad = _pad_hw(x, padding)
     n, _, _, c = xpad.shape
     in_h, in_w = (th - 1) * sh + kh, (tw - 1) * sw + kw
     xs, dys = [], []
@@ -197,14 +203,15 @@ def weight_grad_out_patches(x, dy, kernel_shape, strides, padding, precision=Non
 def weight_grad_auto(x, dy, kernel_shape, strides, padding, precision=None):
     """The measured choice (benchmarks/conv_grad.py, jax 0.12 CPU): the patches of ``dy`` for stride-1 convs with
     at most 8 output and at least 16 input channels (the 3-channel last conv: 4-5x XLA's); per kernel row for at
-    most 4 input channels over more than 9216 batch x output pixels (the discriminator's RGB conv at 96x96: 39-41
-    vs 17-18 GFLOP/s; SRResNet's 9x9 RGB conv at 24x24 stays with XLA's, 135 vs 67); batch chunks of 2304
+    most 4 input channels, kernels up to 3x3, over more than 9216 batch x output pixels (the discriminator's RGB
+    conv at 96x96: 39-41 vs 17-18 GFLOP/s; SRResNet's 9x9 RGB conv at 24x24 stays with XLA's, 135 vs 67); batch
+    chunks of 2304
     output pixels where XLA's weight gradient leaves its fast regime (more than 9216 batch x output pixels, >= 16
     channels in and out); XLA's own elsewhere (as fast or faster there)."""
     n, ho, wo, cout = dy.shape
     if tuple(strides) == (1, 1) and cout <= 8 and x.shape[-1] >= 16:
         return weight_grad_out_patches(x, dy, kernel_shape, strides, padding, precision)
-    if x.shape[-1] <= 4 and n * ho * wo > 9216:
+    if x.shape[-1] <= 4 and kernel_shape[0] * kernel_shape[1] <= 9 and n * ho * wo > 9216:
         return weight_grad_rows(x, dy, kernel_shape, strides, padding, precision)
     if n * ho * wo > 9216 and min(x.shape[-1], cout) >= 16:
         return weight_grad_chunks(x, dy, kernel_shape, strides, padding, precision, pixels=2304)
@@ -314,7 +321,7 @@ def input_grad_kernel(kernel):
 
 
 @functools.cache
-def _frozen_conv(padding: tuple[tuple[int, int], ...], precision):
+def _frozen_conv(padding: tuple[tuple[int, int], ...], precision, weight_grad: str):
     def plain(x, k):
         return lax.conv_general_dilated(x, k, (1, 1), padding, dimension_numbers=NHWC, precision=precision)
 
@@ -339,7 +346,7 @@ def _frozen_conv(padding: tuple[tuple[int, int], ...], precision):
         )
         # the kernel's own gradient stays exact (XLA drops it when, as for a frozen network, nobody uses it);
         # ``k_input_grad`` is a cache of ``k``, so it passes no gradient of its own
-        dk = WEIGHT_GRADS[DEFAULT_WEIGHT_GRAD](x, dy.astype(x.dtype), k.shape, (1, 1), padding, precision)
+        dk = WEIGHT_GRADS[weight_grad](x, dy.astype(x.dtype), k.shape, (1, 1), padding, precision)
         return dx, dk.astype(k.dtype), jnp.zeros_like(k_input_grad)
 
     conv.defvjp(fwd, bwd)
@@ -385,7 +392,8 @@ def fast_conv(
 
     ``input_grad_kernel``: for a kernel that is not trained, ``input_grad_kernel(rhs)`` computed once; stride-1
     convs then read it for their input gradient instead of transposing ``rhs`` in every backward pass (equal
-    values; the kernel's own gradient stays available and exact)."""
+    values; the kernel's own gradient stays available and exact). It must be built from THIS ``rhs``: only its
+    shape is checked, so a cache kept after the kernel changed gives a wrong input gradient."""
     plain_call = functools.partial(
         lax.conv_general_dilated,
         lhs,
@@ -417,8 +425,14 @@ def fast_conv(
     if 0 < out_hw[0] * out_hw[1] <= SMALL_CONV_PIXELS:
         return _im2col_conv(lhs, rhs, out_hw, strides, pads, precision)
     if input_grad_kernel is not None and strides == (1, 1):
+        kh, kw, cin, cout = jnp.shape(rhs)
+        if jnp.shape(input_grad_kernel) != (kh, kw, cout, cin):
+            raise ValueError(
+                f"input_grad_kernel has shape {jnp.shape(input_grad_kernel)}, expected {(kh, kw, cout, cin)}: "
+                "pass input_grad_kernel(kernel) of this conv's own kernel"
+            )
         k_input_grad = jnp.asarray(input_grad_kernel).astype(jnp.result_type(rhs))
-        return _frozen_conv(pads, precision)(lhs, rhs, k_input_grad)
+        return _frozen_conv(pads, precision, weight_grad)(lhs, rhs, k_input_grad)
     return _custom_conv(strides, pads, precision, weight_grad)(lhs, rhs)
 
 

@@ -2,10 +2,12 @@
 
 ``nn.max_pool`` differentiates through ``lax.reduce_window``, whose gradient is XLA's ``select_and_scatter``: on
 CPU that runs as a scalar loop (VGG19's four pools at batch 16 x 96 x 96: 235 ms of backward vs ~20 ms here).
-``max_pool_2x2`` takes the max of the four strided views and carries tangents through the FIRST maximal element
-in row-major window order, which is the element ``select_and_scatter`` (and PyTorch's ``MaxPool2d``) routes the
-whole gradient to, ties included. Defined by a ``custom_jvp`` that is linear in the tangents, so both forward
-mode (``jax.jvp``) and reverse mode (by transposition) work.
+``max_pool_2x2`` takes the max of the four strided views and carries tangents through the element that
+``select_and_scatter``'s scan picks (keep the current pick while it is >= the next, in row-major window order):
+for finite inputs the FIRST maximum, ties included, as PyTorch's ``MaxPool2d`` too. Defined by a ``custom_jvp``
+that is linear in the tangents, so both forward mode (``jax.jvp``) and reverse mode (by transposition) work.
+Values propagate NaN (``jnp.maximum``); XLA CPU's ``reduce_window`` max may drop a NaN instead, so on NaN input
+the two can differ in value (a NaN loss then surfaces rather than hides), never in where the gradient goes.
 """
 
 from __future__ import annotations
@@ -28,11 +30,14 @@ def _pool_even(x):
 @_pool_even.defjvp
 def _pool_even_jvp(primals, tangents):
     (x,), (dx,) = primals, tangents
-    y = _pool_even(x)
-    (a, b, c, _), (ta, tb, tc, td) = _corners(x), _corners(dx)
-    # the first corner equal to the max wins; NaN windows (no corner equals the max) take the last corner
-    dy = jnp.where(a == y, ta, jnp.where(b == y, tb, jnp.where(c == y, tc, td)))
-    return y, dy
+    corners, corner_tangents = _corners(x), _corners(dx)
+    # select_and_scatter's own scan: keep the current pick while it is >= the next corner (so the first maximum
+    # wins ties, and a NaN pick or corner hands over the way XLA's does)
+    pick, dy = corners[0], corner_tangents[0]
+    for value, tangent in zip(corners[1:], corner_tangents[1:], strict=True):
+        keep = pick >= value
+        pick, dy = jnp.where(keep, pick, value), jnp.where(keep, dy, tangent)
+    return _pool_even(x), dy
 
 
 def max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
