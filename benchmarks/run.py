@@ -409,7 +409,7 @@ def main(argv=None) -> dict:
             row["ratio"] = row["jsr"] / row["torch"]
             if args.rounds > 1:  # each round's ratio of medians: the spread the drift leaves
                 row["round_ratios"] = [
-                    statistics.median(t["times_s"]) / statistics.median(j[0]["times_s"]) * j[0]["items"] / t["items"]
+                    summarise(j[0], False, None)["throughput"] / summarise(t, False, None)["throughput"]
                     for j, t in zip(jsr_runs, torch_runs, strict=True)
                 ]
             if "jsr_other" in row:

@@ -205,9 +205,8 @@ def weight_grad_auto(x, dy, kernel_shape, strides, padding, precision=None):
     at most 8 output and at least 16 input channels (the 3-channel last conv: 4-5x XLA's); per kernel row for at
     most 4 input channels, kernels up to 3x3, over more than 9216 batch x output pixels (the discriminator's RGB
     conv at 96x96: 39-41 vs 17-18 GFLOP/s; SRResNet's 9x9 RGB conv at 24x24 stays with XLA's, 135 vs 67); batch
-    chunks of 2304
-    output pixels where XLA's weight gradient leaves its fast regime (more than 9216 batch x output pixels, >= 16
-    channels in and out); XLA's own elsewhere (as fast or faster there)."""
+    chunks of 2304 output pixels where XLA's weight gradient leaves its fast regime (more than 9216 batch x output
+    pixels, >= 16 channels in and out); XLA's own elsewhere (as fast or faster there)."""
     n, ho, wo, cout = dy.shape
     if tuple(strides) == (1, 1) and cout <= 8 and x.shape[-1] >= 16:
         return weight_grad_out_patches(x, dy, kernel_shape, strides, padding, precision)
@@ -283,27 +282,38 @@ def input_grad_phases(dy, kernel, x_shape, strides, padding, precision=None):
 
 @functools.cache
 def _custom_conv(strides: tuple[int, int], padding: tuple[tuple[int, int], ...], precision, weight_grad: str):
+    """``conv(x, k, cache)``: the convolution with the chosen weight gradient. ``cache`` is ``()`` or, for a frozen
+    kernel of a stride-1 conv, ``(input_grad_kernel(k),)``, which the input gradient then convolves with."""
     wgrad = WEIGHT_GRADS[weight_grad]
 
     def plain(x, k):
         return lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=NHWC, precision=precision)
 
     @jax.custom_vjp
-    def conv(x, k):
+    def conv(x, k, cache):
         return plain(x, k)
 
-    def fwd(x, k):
-        return plain(x, k), (x, k)
+    def fwd(x, k, cache):
+        return plain(x, k), (x, k, cache)
 
     def bwd(res, dy):
-        x, k = res
-        if strides == (1, 1):
+        x, k, cache = res
+        dy = dy.astype(x.dtype)
+        if cache:
+            (kh, kw), ((pt, pb), (pl, pr)) = k.shape[:2], padding
+            flipped_pads = ((kh - 1 - pt, kh - 1 - pb), (kw - 1 - pl, kw - 1 - pr))
+            dx = lax.conv_general_dilated(
+                dy, cache[0], (1, 1), flipped_pads, dimension_numbers=NHWC, precision=precision
+            )
+        elif strides == (1, 1):
             _, vjp_x = jax.vjp(lambda x_: plain(x_, k), x)  # XLA's input gradient
             (dx,) = vjp_x(dy)
         else:
-            dx = input_grad_phases(dy.astype(x.dtype), k, x.shape, strides, padding, precision).astype(x.dtype)
-        dk = wgrad(x, dy.astype(x.dtype), k.shape, strides, padding, precision).astype(k.dtype)
-        return dx, dk
+            dx = input_grad_phases(dy, k, x.shape, strides, padding, precision)
+        # the kernel's own gradient stays exact (XLA drops it when, as for a frozen network, nobody uses it); the
+        # cache is a copy of ``k``, so it passes no gradient of its own
+        dk = wgrad(x, dy, k.shape, strides, padding, precision).astype(k.dtype)
+        return dx, dk, tuple(jnp.zeros_like(c) for c in cache)
 
     conv.defvjp(fwd, bwd)
     return conv
@@ -318,39 +328,6 @@ def input_grad_kernel(kernel):
     XLA builds it inside every backward pass (VGG19's: 74 ms of transposes per perceptual-loss backward at batch
     16 x 96 on 2 cores); for a frozen kernel it can be built once and passed to ``fast_conv``."""
     return jnp.swapaxes(lax.rev(kernel, (0, 1)), 2, 3)
-
-
-@functools.cache
-def _frozen_conv(padding: tuple[tuple[int, int], ...], precision, weight_grad: str):
-    def plain(x, k):
-        return lax.conv_general_dilated(x, k, (1, 1), padding, dimension_numbers=NHWC, precision=precision)
-
-    @jax.custom_vjp
-    def conv(x, k, k_input_grad):
-        return plain(x, k)
-
-    def fwd(x, k, k_input_grad):
-        return plain(x, k), (x, k, k_input_grad)
-
-    def bwd(res, dy):
-        x, k, k_input_grad = res
-        kh, kw = k.shape[:2]
-        (pt, pb), (pl, pr) = padding
-        dx = lax.conv_general_dilated(
-            dy.astype(x.dtype),
-            k_input_grad,
-            (1, 1),
-            ((kh - 1 - pt, kh - 1 - pb), (kw - 1 - pl, kw - 1 - pr)),
-            dimension_numbers=NHWC,
-            precision=precision,
-        )
-        # the kernel's own gradient stays exact (XLA drops it when, as for a frozen network, nobody uses it);
-        # ``k_input_grad`` is a cache of ``k``, so it passes no gradient of its own
-        dk = WEIGHT_GRADS[weight_grad](x, dy.astype(x.dtype), k.shape, (1, 1), padding, precision)
-        return dx, dk.astype(k.dtype), jnp.zeros_like(k_input_grad)
-
-    conv.defvjp(fwd, bwd)
-    return conv
 
 
 # Output pixels per image at or below which ``fast_conv`` is im2col + one matmul (differentiated by JAX) instead of
@@ -431,9 +408,9 @@ def fast_conv(
                 f"input_grad_kernel has shape {jnp.shape(input_grad_kernel)}, expected {(kh, kw, cout, cin)}: "
                 "pass input_grad_kernel(kernel) of this conv's own kernel"
             )
-        k_input_grad = jnp.asarray(input_grad_kernel).astype(jnp.result_type(rhs))
-        return _frozen_conv(pads, precision, weight_grad)(lhs, rhs, k_input_grad)
-    return _custom_conv(strides, pads, precision, weight_grad)(lhs, rhs)
+        cache = (jnp.asarray(input_grad_kernel).astype(jnp.result_type(rhs)),)
+        return _custom_conv(strides, pads, precision, weight_grad)(lhs, rhs, cache)
+    return _custom_conv(strides, pads, precision, weight_grad)(lhs, rhs, ())
 
 
 CONV_PATHS = ("xla", "fast")
