@@ -88,12 +88,13 @@ def peak_rss_mb() -> float:
 # ------------------------------------------------------------------------------------------------ jsr side
 
 
-def cost_flops(jitted, *args) -> float | None:
-    """FLOPs of ``jitted(*args)`` by XLA's cost analysis of the program lowered FOR THE CPU (not yet optimised): the
-    same count whatever device runs it. The device's own analysis misses work handed to library calls (on a GPU,
-    the compiled step's cuDNN convolutions count 0, and the lowered module's analysis gave none under jax 0.11)."""
+def cost_flops(jitted, *args, **kwargs) -> float | None:
+    """FLOPs of ``jitted(*args, **kwargs)`` by XLA's cost analysis of the program lowered FOR THE CPU (not yet
+    optimised): the same count whatever device runs it. The device's own analysis misses work handed to library
+    calls (on a GPU, the compiled step's cuDNN convolutions count 0, and the lowered module's analysis gave none
+    under jax 0.11)."""
     try:
-        cost = jitted.trace(*args).lower(lowering_platforms=("cpu",)).cost_analysis()
+        cost = jitted.trace(*args, **kwargs).lower(lowering_platforms=("cpu",)).cost_analysis()
     except Exception:  # noqa: BLE001 - an analysis is a nicety, never a reason to lose the timings
         return None
     if isinstance(cost, list | tuple):
@@ -189,7 +190,8 @@ def jsr_infer(case: str, args) -> dict:
     variables = generator.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
     side = args.infer_side if case == "infer_128" else args.tiled_side
     tiled = case != "infer_128"
-    upscaler = Upscaler(generator, variables, tile=args.tile if tiled else None)
+    tile = args.tile if tiled else None
+    upscaler = Upscaler(generator, variables, tile=tile, tile_batch=args.tile_batch or None, conv=args.infer_conv)
     image = np.random.default_rng(0).random((side, side, 3), dtype=np.float32)
     start = time.perf_counter()
     upscaler.upscale(image)
@@ -197,11 +199,12 @@ def jsr_infer(case: str, args) -> dict:
     times = timed(lambda: upscaler.upscale(image), args.warmup - 1, args.repeats)
     # FLOPs: the compiled forward on each canvas shape it ran, times the number of canvases per image.
     flops = 0.0
+    crop = (upscaler.overlap * upscaler.scale, upscaler.tile * upscaler.scale) if tiled else None
     for shape in upscaler.compiled_shapes:
         x = jax.ShapeDtypeStruct(shape, jnp.float32)
-        m = jax.ShapeDtypeStruct((*shape[:3], 1), jnp.float32)
-        compiled = upscaler._run_jit.lower(upscaler.variables, x, m).compile()
-        f = cost_flops(upscaler._run_jit, upscaler.variables, x, m)
+        bounds = jax.ShapeDtypeStruct((shape[0], 4), jnp.int32)
+        compiled = upscaler._run_jit.lower(upscaler.variables, x, bounds, crop=crop, as_uint8=False).compile()
+        f = cost_flops(upscaler._run_jit, upscaler.variables, x, bounds, crop=crop, as_uint8=False)
         flops = None if f is None or flops is None else flops + f
     if tiled and flops is not None:  # one canvas shape, run once per batch of tiles
         n = -(-side // upscaler.tile)
@@ -215,6 +218,7 @@ def jsr_infer(case: str, args) -> dict:
         "overlap": upscaler.overlap,
         "tile": upscaler.tile,
         "canvases": sorted(upscaler.compiled_shapes),
+        "conv": upscaler.module.conv,
         **(memory_mb(compiled) if flops is not None else {}),
     }
 
@@ -278,7 +282,8 @@ def merge_runs(runs: list[dict]) -> dict:
 def summarise(side: dict, unit_flops: bool, peak: float | None) -> dict:
     med = statistics.median(side["times_s"])
     out = {"median_s": med, "throughput": side["items"] / med, "times_s": side["times_s"]}
-    for k in ("compile_s", "first_s", "peak_rss_mb", "xla_temp_mb", "xla_args_mb", "xla_out_mb", "tile", "overlap"):
+    kept = ("compile_s", "first_s", "peak_rss_mb", "xla_temp_mb", "xla_args_mb", "xla_out_mb", "tile", "overlap")
+    for k in (*kept, "conv"):
         if k in side:
             out[k] = side[k]
     if unit_flops and side.get("flops"):
@@ -351,6 +356,13 @@ def parse_args(argv=None):
     p.add_argument("--infer_side", type=int, default=128)
     p.add_argument("--tiled_side", type=int, default=1024)
     p.add_argument("--tile", type=int, default=256, help="Upscaler tile for the tiled case (its default)")
+    p.add_argument("--tile-batch", type=int, default=0, help="Upscaler tiles per call (0 = its default)")
+    p.add_argument(
+        "--infer-conv",
+        default="auto",
+        choices=["auto", "xla", "fast", "winograd"],
+        help="the Upscaler's conv path (auto: winograd for float32 on CPU, else the training path)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.batch, args.patch, args.n_feats, args.num_blocks = 2, 8, 8, 2
@@ -450,7 +462,8 @@ def main(argv=None) -> dict:
 
 def format_row(case: str, row: dict) -> str:
     j = row["jsr_detail"]
-    text = f"{case}: jsr {row['jsr']:.3f} {row['unit']} ({j['median_s'] * 1e3:.0f} ms)"
+    text = f"{case}: jsr {row['jsr']:.3f} {row['unit']} ({j['median_s'] * 1e3:.0f} ms"
+    text += f", conv={j['conv']})" if "conv" in j else ")"
     if "torch" in row:
         t = row["torch_detail"]
         text += f", torch {row['torch']:.3f} ({t['median_s'] * 1e3:.0f} ms), ratio {row['ratio']:.2f}x"

@@ -24,13 +24,15 @@ def main(argv=None) -> float:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--patch", type=int, default=24, help="LR crop (HR = 4x)")
     p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--threads", type=int, default=0, help="config.data.num_threads (0 = the trainer's default)")
+    p.add_argument("--workers", type=int, default=0, help="config.data.num_workers (Grain worker processes)")
     args = p.parse_args(argv)
 
     from jsr import data
     from jsr.parallel import make_mesh
 
     cfg = data.default_data_config()
-    cfg.update(source="samples", patch_size=args.patch)
+    cfg.update(source="samples", patch_size=args.patch, num_threads=args.threads, num_workers=args.workers)
     iterator = data.make_train_iterator(cfg, args.batch, 0, make_mesh())
     step = jax.jit(lambda s, b: (s + 1, {"m": jnp.mean(b["hr"][:, :8, :8].astype(jnp.float32))}))
     state, pending = jnp.zeros(()), []
@@ -49,7 +51,11 @@ def main(argv=None) -> float:
         rate = args.steps / (time.perf_counter() - start)
     finally:
         iterator.close()
-    print(f"trainer loop with a free step: {rate:.1f} steps/s at batch {args.batch} ({rate * args.batch:.0f} images/s)")
+    threads = data.host_threads(cfg)
+    print(
+        f"trainer loop with a free step: {rate:.1f} steps/s at batch {args.batch} ({rate * args.batch:.0f} images/s)"
+        f", {threads} host threads, {args.workers} worker processes"
+    )
     return rate
 
 

@@ -34,6 +34,13 @@ def test_run_quick_writes_side_by_side_json(tmp_path):
             assert len(case["torch_detail"]["times_s"]) == 2 and len(case["round_ratios"]) == 2
     if torch_python:
         assert saved["versions"]["torch"]
+    assert saved["cases"]["infer_128"]["jsr_detail"]["conv"] == "winograd"  # the Upscaler's CPU default
+
+
+def test_winograd_benchmark_measures_both_and_their_errors():
+    result = load_run("winograd").run_case(side=16, cin=16, cout=24, pairs=2)
+    assert result["xla_ms"] > 0 and result["winograd_ms"] > 0 and result["median_pair_ratio"] > 0
+    assert 0 < result["relative_error"]["winograd"] < 1e-4 and result["relative_error"]["xla"] < 1e-5
 
 
 def test_trainer_loop_measures_the_real_iterator():

@@ -130,22 +130,45 @@ def test_every_epoch_of_many_is_a_permutation_and_an_empty_source_is_refused():
         pipeline.EpochShuffle(sources.ArraySource([]), seed=0)
 
 
-def test_processes_split_each_global_batch_into_disjoint_rows():
-    source = tagged_source(n=9)
+@pytest.mark.parametrize("patch", [0, 3])
+def test_processes_split_each_global_batch_into_disjoint_rows(patch):
+    source = tagged_source(n=9, hr=48)
 
     def first_batches(shard, batch):
         ds = pipeline.train_dataset(
-            source, batch_size=batch, seed=0, patch_size=0, scale=SCALE, shard=shard, num_threads=1
+            source, batch_size=batch, seed=0, patch_size=patch, scale=SCALE, shard=shard, num_threads=1
         )
         it = iter(ds)
-        return [next(it)["hr"][:, 0, 0, 0].tolist() for _ in range(3)]
+        return [next(it) for _ in range(3)]
 
     single = first_batches((0, 1), 4)
     halves = [first_batches((index, 2), 2) for index in range(2)]
     for step in range(3):
-        # process 0 holds the first half of the global batch, process 1 the second: the same global batch
-        assert halves[0][step] + halves[1][step] == single[step]
-        assert not set(halves[0][step]) & set(halves[1][step])
+        # process 0 holds the first half of the global batch, process 1 the second: the same global batch, crops too
+        for key in ("hr", "lr"):
+            joined = np.concatenate([halves[0][step][key], halves[1][step][key]])
+            np.testing.assert_array_equal(joined, single[step][key])
+    if not patch:
+        ids = [[int(v) for v in b["hr"][:, 0, 0, 0]] for b in single]
+        assert len(set(ids[0] + ids[1])) == 8  # the first 8 positions lie in epoch 0: 8 different records
+
+
+def test_random_crops_reach_every_offset_and_long_runs_keep_few_epoch_orders():
+    """The crop offset of each record is uniform over all valid positions (the corners included); the shuffle
+    keeps only a few epochs' orders, however long the run (a cache growing with the run slowed the loop 2x)."""
+    lr_side, patch = 8, 3
+    hr = np.arange(lr_side * SCALE)[None, :, None] * np.ones((lr_side * SCALE, 1, 3))  # value = HR column
+    hr = (hr + 100 * np.arange(lr_side * SCALE)[:, None, None] // SCALE).astype(np.uint16)  # + 100 * LR row
+    source = sources.ArraySource([("a", hr, hr[::SCALE, ::SCALE]), ("b", hr, hr[::SCALE, ::SCALE])])
+    crop = pipeline.CropBatch(source, seed=0, batch_size=16, patch=patch, scale=SCALE)
+    tops, lefts = set(), set()
+    for j in range(200):
+        batch = crop(j)
+        np.testing.assert_array_equal(batch["lr"], batch["hr"][:, ::SCALE, ::SCALE])
+        tops.update((batch["lr"][:, 0, 0, 0] // 100).tolist())
+        lefts.update((batch["lr"][:, 0, 0, 0] % 100 // SCALE).tolist())
+    assert tops == lefts == set(range(lr_side - patch + 1))
+    assert len(crop.records._orders) <= pipeline.EpochShuffle.KEEP_EPOCHS  # 1,600 epochs visited
 
 
 def test_whole_images_of_different_sizes_fail_with_advice():

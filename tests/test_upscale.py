@@ -9,7 +9,7 @@ from helpers import make_generator_dir, random_generator_variables
 from PIL import Image
 from skimage import data
 
-from jsr.images import composite, read_image
+from jsr.images import composite, read_image, to_uint8
 from jsr.inference import Upscaler
 from jsr.models import Generator
 
@@ -86,6 +86,46 @@ def test_large_images_are_tiled_automatically():
     assert out.shape == (1200, 900, 3) and out.dtype == np.uint8
     (shape,) = upscaler.compiled_shapes
     assert shape[1:3] == (upscaler.window, upscaler.window)  # only tile-sized activations, whatever the image
+
+
+def test_device_side_crop_quantise_and_tile_batches_change_nothing():
+    """uint8 made on the device equals the host's rounding of the float result; batching more tiles per call
+    (what a GPU does) gives the same pixels with one compiled shape per image; progress counts every tile."""
+    module = Generator(n_feats=8, num_blocks=2, scale=2)
+    variables = random_generator_variables(module, seed=4)
+    image = photo(45, 70)
+    reference = Upscaler(module, variables, tile=16, force_tiles=True)  # one tile per device per call (CPU)
+    want = reference.upscale(image)
+    assert reference.tile_batch == reference.num_devices
+    for tile_batch in (1, 3, 8, 64):  # 1 and 3 are padded to the device count; 64 > the image's 15 tiles
+        batched = Upscaler(module, variables, tile=16, force_tiles=True, tile_batch=tile_batch)
+        seen: list[tuple[int, int]] = []
+        got = batched.upscale(image, progress=lambda done, total, seen=seen: seen.append((done, total)))
+        np.testing.assert_allclose(got, want, atol=1e-6)
+        assert len(batched.compiled_shapes) == 1
+        assert seen[-1] == (15, 15) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+        got_uint8 = batched.upscale(image, out_dtype=np.uint8)
+        assert got_uint8.dtype == np.uint8
+        np.testing.assert_array_equal(got_uint8, to_uint8(got))
+    whole = Upscaler(module, variables)
+    images = [image, photo(20, 33)]
+    floats = whole.upscale_many(images)
+    for got, want_float in zip(whole.upscale_many(images, out_dtype=np.uint8), floats, strict=True):
+        np.testing.assert_array_equal(got, to_uint8(want_float))
+    np.testing.assert_array_equal(whole.upscale(image, out_dtype=np.uint8), to_uint8(floats[0]))
+
+
+def test_bad_upscaler_arguments_are_clear_errors():
+    module = Generator(n_feats=4, num_blocks=1, scale=2)
+    variables = random_generator_variables(module, seed=5)
+    with pytest.raises(ValueError, match="tile_batch"):
+        Upscaler(module, variables, tile_batch=0)
+    with pytest.raises(ValueError, match="out_dtype"):
+        Upscaler(module, variables).upscale(photo(8, 8), out_dtype=np.float16)
+    with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
+        Upscaler(module, variables).upscale(photo(8, 8)[..., 0])
+    with pytest.raises(ValueError, match="non-empty"):
+        Upscaler(module, variables).upscale_many([photo(8, 8), np.zeros((0, 5, 3))])
 
 
 def save_mode_zoo(folder):

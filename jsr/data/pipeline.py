@@ -1,10 +1,10 @@
 """Grain pipeline: a random-access source -> shuffled, cropped, batched host arrays -> sharded global arrays.
 
 Training (``train_dataset`` + ``DeviceIterator``): the whole source shuffled per epoch from the seed, repeated
-forever, an aligned random crop per record whose RNG is seeded by the seed and the record's position, and of each
-global batch this process's rows (``GlobalBatch``; so batches are a pure function of (seed, step) whatever the
-process count, and the iterator state is just a batch count), each batch decoded, cropped and stacked by one of
-the prefetch threads (or worker processes) and placed with the batch sharding, a few batches ahead. Batches are
+forever, an aligned random crop per record drawn from (seed, batch), and of each global batch this process's rows
+(``CropBatch``; so batches are a pure function of (seed, step) whatever the process count, and the iterator state
+is just a batch count), each batch decoded, cropped and stacked by one of the prefetch threads (or worker
+processes) and placed with the batch sharding, a few batches ahead. Batches are
 ``{"hr": uint8 (B, s*p, s*p, 3), "lr": uint8 (B, p, p, 3)}``.
 
 Evaluation (``eval_batches``): every record of the split once, in order, whole or centre-cropped, padded to full
@@ -29,10 +29,10 @@ from jsr.parallel import check_batch_size, put_batch
 
 
 def crop_pair(example: dict, top: int, left: int, patch: int, scale: int) -> dict:
-    """The LR patch at (top, left) and the HR patch covering exactly the same area."""
+    """The LR patch at (top, left) and the HR patch covering exactly the same area (views: stacking copies them)."""
     lr = example["lr"][top : top + patch, left : left + patch]
     hr = example["hr"][scale * top : scale * (top + patch), scale * left : scale * (left + patch)]
-    return {"hr": np.ascontiguousarray(hr), "lr": np.ascontiguousarray(lr)}
+    return {"hr": hr, "lr": lr}
 
 
 def check_fits(example: dict, patch: int, scale: int) -> None:
@@ -44,21 +44,6 @@ def check_fits(example: dict, patch: int, scale: int) -> None:
         raise ValueError(
             f"record {example.get('id')!r}: LR {h}x{w} is smaller than the patch {patch}; lower config.data.patch_size"
         )
-
-
-class RandomCrop(grain.transforms.RandomMap):
-    """Aligned random crop (LR ``patch``, HR ``scale * patch``); ``patch`` 0 keeps whole images."""
-
-    def __init__(self, patch: int, scale: int):
-        self.patch, self.scale = patch, scale
-
-    def random_map(self, element: dict, rng: np.random.Generator) -> dict:
-        if not self.patch:
-            return {"hr": element["hr"], "lr": element["lr"]}
-        check_fits(element, self.patch, self.scale)
-        h, w = element["lr"].shape[:2]
-        top, left = int(rng.integers(0, h - self.patch + 1)), int(rng.integers(0, w - self.patch + 1))
-        return crop_pair(element, top, left, self.patch, self.scale)
 
 
 def center_crop(element: dict, patch: int, scale: int) -> dict:
@@ -87,16 +72,18 @@ class EpochShuffle:
     Grain's ``MapDataset.shuffle`` would do this with a cycle-walking index shuffle whose cost per element grows as
     the source shrinks (measured: 4.4 ms per element for 6 records, 39 us for 800, 4.6 us for 100,000); that alone
     held the 6-photo quickstart to ~230 examples/s per core, 4x below an H200's step rate. One numpy permutation
-    per epoch, kept for the few epochs the prefetch threads straddle, is O(1) per element. (A class: Grain worker
-    processes pickle it.)
+    per epoch is O(1) per element. Only the newest ``KEEP_EPOCHS`` orders are kept: a batch of a tiny source spans
+    many epochs (6 photos, batch 64: ~11), and redrawing a small permutation is cheaper than a large cache (keeping
+    2**16 / size epochs, rebuilt per new epoch, slowed the quickstart's loop from 111 to 60 steps/s over 600 steps).
+    (A class: Grain worker processes pickle it.)
     """
+
+    KEEP_EPOCHS = 8
 
     def __init__(self, source, seed: int):
         self.source, self.seed, self.size = source, int(seed), len(source)
         if self.size == 0:
             raise ValueError("the training source has no records: check config.data (source, data_dir, split)")
-        # the newest epochs kept: prefetched batches of a tiny source span many epochs (6 photos, batch 64: ~11)
-        self.keep_epochs = max(4, 2**16 // self.size)
         self._orders: dict[int, np.ndarray] = {}
 
     def order(self, epoch: int) -> np.ndarray:
@@ -105,30 +92,60 @@ class EpochShuffle:
             order = np.random.default_rng([self.seed, epoch]).permutation(self.size)
             orders = self._orders | {epoch: order}  # replaced, never mutated: readers in other threads stay valid
             newest = max(orders)
-            self._orders = {e: o for e, o in orders.items() if e > newest - self.keep_epochs}
+            self._orders = {e: o for e, o in orders.items() if e > newest - self.KEEP_EPOCHS}
         return order
 
+    def indices(self, first: int, count: int) -> np.ndarray:
+        """Record indices at positions [first, first + count): one order lookup per epoch, not per position."""
+        epochs, within = np.divmod(np.arange(first, first + count), self.size)
+        out = np.empty(count, np.int64)
+        for epoch in range(int(epochs[0]), int(epochs[-1]) + 1):
+            at = epochs == epoch
+            out[at] = self.order(epoch)[within[at]]
+        return out
+
     def __call__(self, position: int) -> dict:
-        epoch, index = divmod(position, self.size)
-        return self.source[int(self.order(epoch)[index])]
+        return self.source[int(self.indices(position, 1)[0])]
 
 
-class GlobalBatch:
-    """Index ``j`` -> this process's rows of GLOBAL batch ``j``, stacked.
+class CropBatch:
+    """Index ``j`` -> this process's rows of GLOBAL batch ``j``: records in ``EpochShuffle`` order, aligned random
+    crops (LR ``patch``, HR ``scale * patch``; ``patch`` 0 keeps whole images), stacked.
 
-    Every process walks the same shuffled, cropped global stream and takes rows [index * b, (index + 1) * b) of each
-    global batch of ``count * b``; so the global batch, and the training result, do not depend on how many
-    processes share the work. Whole batches (not examples) are the unit Grain prefetches: its prefetch iterator
-    polls every pending future per element, which at 256 pending examples (4 batches of 64) cost ~170 us per
-    example, more than the crop itself. (A class, not a lambda, so that Grain worker processes can pickle it.)
+    Every process walks the same global stream and takes rows [index * b, (index + 1) * b) of each global batch of
+    ``count * b``; the crop offsets of a whole global batch come from one draw seeded by (seed, j). So batches are a
+    pure function of (seed, j) whatever the process count. Whole batches are the unit of work (Grain's prefetch
+    polls every pending future per element: ~170 us per example at 256 pending), and a batch is cut straight into
+    preallocated arrays with one random draw: per-example Grain maps, RNGs and copies held the GIL for ~45 us per
+    example, which starved the thread feeding the device (an H200 host fed 77 steps/s at batch 64 with 8 threads).
+    (A class, not a lambda, so that Grain worker processes can pickle it.)
     """
 
-    def __init__(self, stream: grain.MapDataset, batch_size: int, index: int, count: int):
-        self.stream, self.batch_size, self.index, self.count = stream, batch_size, index, count
+    def __init__(self, source, seed: int, batch_size: int, patch: int, scale: int, index: int = 0, count: int = 1):
+        self.records = EpochShuffle(source, seed)
+        self.seed, self.batch_size, self.patch, self.scale = int(seed), batch_size, patch, scale
+        self.index, self.count = index, count
 
     def __call__(self, j: int) -> dict:
-        first = (j * self.count + self.index) * self.batch_size
-        return stack([self.stream[first + i] for i in range(self.batch_size)])
+        b, p, s = self.batch_size, self.patch, self.scale
+        first = (j * self.count + self.index) * b
+        examples = [self.records.source[int(i)] for i in self.records.indices(first, b)]
+        if not p:
+            return stack(examples)
+        # seed + 1: the crops must not share the shuffle's random stream
+        offsets = np.random.default_rng([self.seed + 1, j]).random((self.count * b, 2))[self.index * b :][:b]
+        lr0, hr0 = examples[0]["lr"], examples[0]["hr"]
+        batch = {
+            "lr": np.empty((b, p, p, *lr0.shape[2:]), lr0.dtype),
+            "hr": np.empty((b, s * p, s * p, *hr0.shape[2:]), hr0.dtype),
+        }
+        for i, example in enumerate(examples):
+            check_fits(example, p, s)
+            h, w = example["lr"].shape[:2]
+            top, left = int(offsets[i, 0] * (h - p + 1)), int(offsets[i, 1] * (w - p + 1))
+            crop = crop_pair(example, top, left, p, s)
+            batch["lr"][i], batch["hr"][i] = crop["lr"], crop["hr"]
+        return batch
 
 
 def process_shard() -> tuple[int, int]:
@@ -151,11 +168,8 @@ def train_dataset(
     """Infinite host dataset of batches of ``batch_size`` (this process's part of the global batch) uint8 examples.
 
     Its state (``get_state``) counts batches."""
-    stream = grain.MapDataset.range(0, sys.maxsize).map(EpochShuffle(source, seed))
-    # seed + 1: the crops must not share the shuffle's random stream; crops are seeded by global position.
-    stream = stream.random_map(RandomCrop(patch_size, scale), seed=(seed + 1) % 2**32)
-    batches = grain.MapDataset.range(0, len(stream) // (batch_size * shard[1]))
-    batches = batches.map(GlobalBatch(stream, batch_size, *shard))
+    batches = grain.MapDataset.range(0, sys.maxsize // (batch_size * shard[1]))
+    batches = batches.map(CropBatch(source, seed, batch_size, patch_size, scale, *shard))
     # Grain keeps at most prefetch_buffer_size batches in flight: fewer than the threads would idle some of them
     read = grain.ReadOptions(
         num_threads=max(1, num_threads), prefetch_buffer_size=max(1, prefetch_batches, num_threads)

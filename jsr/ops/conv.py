@@ -413,15 +413,20 @@ def fast_conv(
     return _custom_conv(strides, pads, precision, weight_grad)(lhs, rhs, ())
 
 
-CONV_PATHS = ("xla", "fast")
+CONV_PATHS = ("xla", "fast", "winograd")
 CONFIG_CONV_CHOICES = ("auto", *CONV_PATHS)
 
 
 def conv_function(path: str):
     """The ``conv_general_dilated`` to give ``nn.Conv`` for a model's ``conv`` switch: None (Flax's default,
-    ``lax.conv_general_dilated``) for 'xla', ``fast_conv`` for 'fast'."""
+    ``lax.conv_general_dilated``) for 'xla', ``fast_conv`` for 'fast', ``jsr.ops.winograd.winograd_conv`` for
+    'winograd' (fewer multiplications for 3x3 convs: CPU inference)."""
     if path not in CONV_PATHS:
         raise ValueError(f"conv={path!r}: choose from {CONV_PATHS}")
+    if path == "winograd":
+        from jsr.ops.winograd import winograd_conv  # it builds on this module
+
+        return winograd_conv
     return None if path == "xla" else fast_conv
 
 

@@ -1,0 +1,113 @@
+"""jsr.ops.winograd: F(4x4, 3x3) convolutions against XLA's, the dispatcher's choices, and the models' switch."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jsr.inference import Upscaler
+from jsr.models import Generator
+from jsr.ops import winograd
+from jsr.ops.conv import NHWC
+from jsr.ops.winograd import winograd_conv, winograd_conv3x3
+
+
+def reference(x, k):
+    return lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=NHWC)
+
+
+def data(n, h, w, cin, cout, seed=0):
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.standard_normal((n, h, w, cin), np.float32))
+    k = jnp.asarray(rng.standard_normal((3, 3, cin, cout), np.float32) * np.sqrt(2 / (9 * cin)))
+    return x, k
+
+
+def assert_close_to_xla(got, want, rel=3e-5):
+    """Winograd's float32 error is ~1e-5 of the output's scale (XLA's own conv: ~1e-6)."""
+    scale = float(jnp.max(jnp.abs(want)))
+    assert float(jnp.max(jnp.abs(got - want))) <= rel * scale
+
+
+@pytest.mark.parametrize(
+    "n, h, w, cin, cout",
+    [
+        (1, 16, 16, 4, 4),  # one band, whole tiles
+        (2, 37, 50, 5, 7),  # partial last tiles in both directions, two images
+        (3, 17, 23, 8, 3),  # few output channels
+        (1, 64, 40, 16, 256),  # several bands (band_rows < tile rows), many output channels
+        (2, 45, 20, 64, 64),  # 12 tile rows in bands of 5: the last band zero-padded
+    ],
+)
+def test_equals_xla_on_awkward_shapes(n, h, w, cin, cout):
+    x, k = data(n, h, w, cin, cout)
+    rows = winograd.band_rows(-(-w // winograd.TILE), cout)
+    assert cout != 256 or rows < -(-h // winograd.TILE)  # the many-band case really has several bands
+    got = jax.jit(winograd_conv3x3)(x, k)
+    assert got.shape == (n, h, w, cout)
+    assert_close_to_xla(got, reference(x, k))
+
+
+def test_gradients_equal_xla():
+    x, k = data(2, 18, 21, 6, 5)
+    loss = lambda conv: lambda x, k: jnp.sum(jnp.sin(conv(x, k)))  # noqa: E731
+    gx, gk = jax.jit(jax.grad(loss(winograd_conv3x3), argnums=(0, 1)))(x, k)
+    rx, rk = jax.grad(loss(reference), argnums=(0, 1))(x, k)
+    assert_close_to_xla(gx, rx, rel=1e-4)
+    assert_close_to_xla(gk, rk, rel=1e-4)
+
+
+def test_the_dispatcher_takes_winograd_only_where_it_applies():
+    def uses_winograd(x, k, *args, **kwargs):
+        jaxpr = str(jax.make_jaxpr(lambda x, k: winograd_conv(x, k, *args, **kwargs))(x, k))
+        return "conv_general_dilated" not in jaxpr
+
+    x, k = data(1, 16, 16, 16, 24)
+    assert uses_winograd(x, k, (1, 1), "SAME", dimension_numbers=NHWC)
+    assert uses_winograd(x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=NHWC)
+    assert not uses_winograd(x, k, (2, 2), "SAME", dimension_numbers=NHWC)  # strided
+    assert not uses_winograd(x, k, (1, 1), "VALID", dimension_numbers=NHWC)  # other padding
+    assert not uses_winograd(x, k, (1, 1), "SAME", rhs_dilation=(2, 2), dimension_numbers=NHWC)
+    assert not uses_winograd(x.astype(jnp.bfloat16), k.astype(jnp.bfloat16), (1, 1), "SAME", dimension_numbers=NHWC)
+    assert not uses_winograd(x[:, :8], k, (1, 1), "SAME", dimension_numbers=NHWC)  # below MIN_SIDE
+    k5 = jnp.zeros((5, 5, 16, 24), jnp.float32)
+    assert not uses_winograd(x, k5, (1, 1), "SAME", dimension_numbers=NHWC)  # not 3x3
+    assert not uses_winograd(x, k[..., :3], (1, 1), "SAME", dimension_numbers=NHWC)  # few output channels
+    assert not uses_winograd(x[..., :3], k[:, :, :3], (1, 1), "SAME", dimension_numbers=NHWC)  # few input channels
+    for args, kwargs in [(((1, 1), "SAME"), {"dimension_numbers": NHWC}), (((2, 2), "VALID"), {})]:
+        xc = x if kwargs else jnp.transpose(x, (0, 3, 1, 2))
+        kc = k if kwargs else jnp.transpose(k, (3, 2, 0, 1))  # NCHW / OIHW (lax's default)
+        want = lax.conv_general_dilated(xc, kc, *args, **kwargs)
+        assert_close_to_xla(winograd_conv(xc, kc, *args, **kwargs), want)
+    with pytest.raises(ValueError, match="kernel"):
+        winograd_conv3x3(x, jnp.zeros((3, 3, 5, 24)))
+
+
+def test_flax_conv_keeps_its_parameters():
+    x, _ = data(2, 16, 20, 16, 1)
+    plain = nn.Conv(24, (3, 3), padding="SAME")
+    fast = nn.Conv(24, (3, 3), padding="SAME", conv_general_dilated=winograd_conv)
+    variables = plain.init(jax.random.PRNGKey(0), x)
+    assert_close_to_xla(fast.apply(variables, x), plain.apply(variables, x))
+
+
+def test_generator_and_upscaler_with_winograd_equal_xla():
+    """The Upscaler's default on a CPU: the released layout's 3x3 convs (body, upsamplers) by Winograd."""
+    module = Generator(n_feats=16, num_blocks=2)
+    variables = jax.jit(module.init)(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
+    variables = jax.tree.map(lambda v: v * 6.0 if v.ndim == 4 else v, variables)  # outputs far from tanh's zero
+    image = np.random.default_rng(2).random((40, 36, 3), np.float32)
+    auto = Upscaler(module, variables)
+    assert auto.module.conv == "winograd"
+    jaxpr = str(jax.make_jaxpr(lambda v, x: auto.module.apply(v, x))(variables, jnp.zeros((1, 64, 64, 3))))
+    # conv01 (9x9, RGB in) and last_conv (RGB out) stay XLA's; the seven 3x3 convs with 16+ channels are Winograd's
+    assert jaxpr.count("conv_general_dilated") == 2
+    got = auto.upscale(image)
+    want = Upscaler(module, variables, conv="xla").upscale(image)
+    assert float(np.std(want)) > 0.03  # a varied output
+    np.testing.assert_allclose(got, want, atol=5e-5)  # 1/80 of a uint8 grey level
+    with pytest.raises(ValueError, match="conv="):
+        Upscaler(module, variables, conv="fft")
+    assert Upscaler(module.clone(dtype=jnp.bfloat16), variables).module.conv == "xla"  # float32 only
