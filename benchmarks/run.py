@@ -169,10 +169,14 @@ def jsr_train(case: str, args) -> tuple:
         holder["state"], out = compiled(holder["state"], batch, aug, frozen)
         float(out["g_loss"])  # the host reads a metric, as the training loop does (and torch's .item())
 
+    # FLOPs counted for direct convolutions (conv='xla'): XLA's analysis counts a loop body once, and Winograd's
+    # bands are a loop (its point is fewer multiplications for the same result: FLOP/s are direct equivalents)
+    direct_config = jsr_config(case, argparse.Namespace(**(vars(args) | {"conv": "xla"})))
+    direct = build_standard(direct_config, build_generator(direct_config))
     return step, {
         "items": args.batch,
         "compile_s": compile_s,
-        "flops": cost_flops(parts.train_step, state, batch, aug, frozen),
+        "flops": cost_flops(direct.train_step, state, batch, aug, jax.device_put(direct.frozen)),
         **memory_mb(compiled),
     }
 
@@ -197,14 +201,17 @@ def jsr_infer(case: str, args) -> dict:
     upscaler.upscale(image)
     first_s = time.perf_counter() - start
     times = timed(lambda: upscaler.upscale(image), args.warmup - 1, args.repeats)
-    # FLOPs: the compiled forward on each canvas shape it ran, times the number of canvases per image.
+    # FLOPs: the forward on each canvas shape it ran, times the number of canvases per image; counted for the
+    # direct ('xla') convolutions whatever path ran (Winograd's loop over bands would be counted once, and its point
+    # is to do fewer multiplications for the same result: its FLOP/s are direct-convolution equivalents).
     flops = 0.0
     crop = (upscaler.overlap * upscaler.scale, upscaler.tile * upscaler.scale) if tiled else None
+    direct = Upscaler(generator, variables, tile=tile, conv="xla")
     for shape in upscaler.compiled_shapes:
         x = jax.ShapeDtypeStruct(shape, jnp.float32)
         bounds = jax.ShapeDtypeStruct((shape[0], 4), jnp.int32)
         compiled = upscaler._run_jit.lower(upscaler.variables, x, bounds, crop=crop, as_uint8=False).compile()
-        f = cost_flops(upscaler._run_jit, upscaler.variables, x, bounds, crop=crop, as_uint8=False)
+        f = cost_flops(direct._run_jit, direct.variables, x, bounds, crop=crop, as_uint8=False)
         flops = None if f is None or flops is None else flops + f
     if tiled and flops is not None:  # one canvas shape, run once per batch of tiles
         n = -(-side // upscaler.tile)

@@ -9,6 +9,7 @@ from jax import lax
 
 from jsr.inference import Upscaler
 from jsr.models import Generator
+from jsr.models.vgg import VGG19Features, with_input_grad_kernels
 from jsr.ops import winograd
 from jsr.ops.conv import NHWC
 from jsr.ops.winograd import winograd_conv, winograd_conv3x3
@@ -38,13 +39,15 @@ def assert_close_to_xla(got, want, rel=3e-5):
         (2, 37, 50, 5, 7),  # partial last tiles in both directions, two images
         (3, 17, 23, 8, 3),  # few output channels
         (1, 64, 40, 16, 256),  # several bands (band_rows < tile rows), many output channels
-        (2, 45, 20, 64, 64),  # 12 tile rows in bands of 5: the last band zero-padded
+        (2, 45, 20, 64, 64),  # 12 tile rows, 5 wide
+        (5, 18, 17, 16, 256),  # small images: two per band, the last group zero-padded
     ],
 )
 def test_equals_xla_on_awkward_shapes(n, h, w, cin, cout):
     x, k = data(n, h, w, cin, cout)
-    rows = winograd.band_rows(-(-w // winograd.TILE), cout)
-    assert cout != 256 or rows < -(-h // winograd.TILE)  # the many-band case really has several bands
+    images, rows, per_image = winograd.band_plan(n, -(-h // winograd.TILE), -(-w // winograd.TILE), cout)
+    assert (n, h) != (1, 64) or per_image > 1  # the many-band case really has several bands per image
+    assert n != 5 or images == 2  # the small-image case really groups images, and 5 is not a multiple
     got = jax.jit(winograd_conv3x3)(x, k)
     assert got.shape == (n, h, w, cout)
     assert_close_to_xla(got, reference(x, k))
@@ -111,3 +114,25 @@ def test_generator_and_upscaler_with_winograd_equal_xla():
     with pytest.raises(ValueError, match="conv="):
         Upscaler(module, variables, conv="fft")
     assert Upscaler(module.clone(dtype=jnp.bfloat16), variables).module.conv == "xla"  # float32 only
+
+
+def test_frozen_vgg_runs_its_forward_and_input_gradient_by_winograd():
+    """conv='fast' with precomputed input-gradient kernels (the perceptual loss): 3x3 convs on maps of 12+ pixels
+    with 16+ channels go through Winograd both ways; values and input gradient stay close to XLA's."""
+    x = jnp.asarray(np.random.default_rng(3).uniform(-1, 1, (2, 24, 24, 3)).astype(np.float32))
+    variables = VGG19Features().init(jax.random.PRNGKey(0), x, taps=("relu3_1",))
+
+    def value_and_input_grad(conv, variables):
+        f = lambda x: jnp.sum(VGG19Features(conv=conv).apply(variables, x, taps=("relu3_1",))["relu3_1"] ** 2)  # noqa: E731
+        return jax.value_and_grad(f), f
+
+    plain_grad, _ = value_and_input_grad("fast", variables)
+    frozen_grad, _ = value_and_input_grad("fast", with_input_grad_kernels(variables))
+    # conv1_2, conv2_1, conv2_2 (24 and 12 px) leave XLA's conv (Winograd's bands are a scan); conv1_1 (RGB) and
+    # conv3_1 (6 px) stay
+    plain_jaxpr, frozen_jaxpr = (str(jax.make_jaxpr(fn)(x)) for fn in (plain_grad, frozen_grad))
+    assert frozen_jaxpr.count("conv_general_dilated") < plain_jaxpr.count("conv_general_dilated")
+    assert frozen_jaxpr.count("scan[") > plain_jaxpr.count("scan[")
+    (v, g), (v_ref, g_ref) = jax.jit(frozen_grad)(x), value_and_input_grad("xla", variables)[0](x)
+    np.testing.assert_allclose(v, v_ref, rtol=1e-5)
+    assert float(jnp.linalg.norm(g - g_ref) / jnp.linalg.norm(g_ref)) < 1e-4

@@ -3,7 +3,8 @@
 ``fast_conv`` has ``lax.conv_general_dilated``'s signature, so it plugs into Flax as
 ``nn.Conv(..., conv_general_dilated=fast_conv)`` with the module, its parameters and their layout unchanged. Its
 forward pass is XLA's own, and so is the input gradient of stride-1 convs (strided ones: ``input_grad_phases``,
-one stride-1 conv per output phase); the kernel (weight) gradient is computed by one of ``WEIGHT_GRADS``
+one stride-1 conv per output phase; a frozen kernel's 3x3 'SAME' forward and input gradient: Winograd F(4x4, 3x3),
+``jsr.ops.winograd``, equal to ~1e-5); the kernel (weight) gradient is computed by one of ``WEIGHT_GRADS``
 (``benchmarks/conv_grad.py`` measures them against XLA's weight-gradient convolution):
 
 - ``xla``: XLA's own (the transpose of the convolution; reference).
@@ -31,24 +32,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-NHWC = ("NHWC", "HWIO", "NHWC")
-
-
-def _is_nhwc(dimension_numbers, ndim: int) -> bool:
-    if ndim != 4:
-        return False
-    if dimension_numbers is None:  # lax's default is NCHW / OIHW
-        return False
-    if isinstance(dimension_numbers, lax.ConvDimensionNumbers):
-        return dimension_numbers == lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), NHWC)
-    return tuple(dimension_numbers) == NHWC
-
-
-def _explicit_padding(padding, lhs_shape, rhs_shape, strides) -> tuple[tuple[int, int], ...]:
-    if isinstance(padding, str):
-        return tuple(lax.padtype_to_pads(lhs_shape[1:3], rhs_shape[:2], strides, padding))
-    return tuple((int(lo), int(hi)) for lo, hi in padding)
-
+from jsr.ops import winograd
+from jsr.ops.layout import NHWC, explicit_padding, is_nhwc
 
 # ------------------------------------------------------------------------------------------------ weight gradients
 
@@ -281,12 +266,17 @@ def input_grad_phases(dy, kernel, x_shape, strides, padding, precision=None):
 
 
 @functools.cache
-def _custom_conv(strides: tuple[int, int], padding: tuple[tuple[int, int], ...], precision, weight_grad: str):
+def _custom_conv(
+    strides: tuple[int, int], padding: tuple[tuple[int, int], ...], precision, weight_grad: str, by_winograd: bool
+):
     """``conv(x, k, cache)``: the convolution with the chosen weight gradient. ``cache`` is ``()`` or, for a frozen
-    kernel of a stride-1 conv, ``(input_grad_kernel(k),)``, which the input gradient then convolves with."""
+    kernel of a stride-1 conv, ``(input_grad_kernel(k),)``, which the input gradient then convolves with.
+    ``by_winograd``: the forward and that input gradient (both 3x3 'SAME' convs) by ``winograd.winograd_conv3x3``."""
     wgrad = WEIGHT_GRADS[weight_grad]
 
     def plain(x, k):
+        if by_winograd:
+            return winograd.winograd_conv3x3(x, k, precision=precision)
         return lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=NHWC, precision=precision)
 
     @jax.custom_vjp
@@ -299,7 +289,9 @@ def _custom_conv(strides: tuple[int, int], padding: tuple[tuple[int, int], ...],
     def bwd(res, dy):
         x, k, cache = res
         dy = dy.astype(x.dtype)
-        if cache:
+        if cache and by_winograd:  # 3x3, padding 1: the input gradient is the same kind of conv
+            dx = winograd.winograd_conv3x3(dy, cache[0], precision=precision)
+        elif cache:
             (kh, kw), ((pt, pb), (pl, pr)) = k.shape[:2], padding
             flipped_pads = ((kh - 1 - pt, kh - 1 - pb), (kw - 1 - pl, kw - 1 - pr))
             dx = lax.conv_general_dilated(
@@ -388,7 +380,7 @@ def fast_conv(
     undilated = all(d == 1 for d in (lhs_dilation or ())) and all(d == 1 for d in (rhs_dilation or ()))
     if (
         weight_grad == "xla"
-        or not _is_nhwc(dimension_numbers, jnp.ndim(lhs))
+        or not is_nhwc(dimension_numbers, jnp.ndim(lhs))
         or not undilated
         or feature_group_count != 1
         or batch_group_count != 1
@@ -397,7 +389,7 @@ def fast_conv(
     ):
         return plain_call()
     strides = tuple(int(s) for s in window_strides)
-    pads = _explicit_padding(padding, jnp.shape(lhs), jnp.shape(rhs), strides)
+    pads = explicit_padding(padding, jnp.shape(lhs), jnp.shape(rhs), strides)
     out_hw = _out_hw(jnp.shape(lhs), jnp.shape(rhs), strides, pads)
     if 0 < out_hw[0] * out_hw[1] <= SMALL_CONV_PIXELS:
         return _im2col_conv(lhs, rhs, out_hw, strides, pads, precision)
@@ -409,8 +401,11 @@ def fast_conv(
                 "pass input_grad_kernel(kernel) of this conv's own kernel"
             )
         cache = (jnp.asarray(input_grad_kernel).astype(jnp.result_type(rhs)),)
-        return _custom_conv(strides, pads, precision, weight_grad)(lhs, rhs, cache)
-    return _custom_conv(strides, pads, precision, weight_grad)(lhs, rhs, ())
+        # a frozen kernel's forward and input gradient by Winograd F(4x4, 3x3) where it applies (VGG19 forward +
+        # input gradient at batch 16 x 96: 1,272 -> 813 ms); trained kernels keep XLA's forward
+        by_winograd = winograd.applies(lhs, rhs, strides, pads)
+        return _custom_conv(strides, pads, precision, weight_grad, by_winograd)(lhs, rhs, cache)
+    return _custom_conv(strides, pads, precision, weight_grad, False)(lhs, rhs, ())
 
 
 CONV_PATHS = ("xla", "fast", "winograd")
@@ -424,9 +419,7 @@ def conv_function(path: str):
     if path not in CONV_PATHS:
         raise ValueError(f"conv={path!r}: choose from {CONV_PATHS}")
     if path == "winograd":
-        from jsr.ops.winograd import winograd_conv  # it builds on this module
-
-        return winograd_conv
+        return winograd.winograd_conv
     return None if path == "xla" else fast_conv
 
 

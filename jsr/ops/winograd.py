@@ -18,6 +18,7 @@ float32 conv: ~1e-6), not growing along a chain of 32 convs (3.4e-6).
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import jax
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jsr.ops.conv import _explicit_padding, _is_nhwc
+from jsr.ops.layout import explicit_padding, is_nhwc
 
 TILE = 4  # output tile side m of F(m x m, 3 x 3)
 # Interpolation points 0, 1, -1, 2, -2, infinity (the well-conditioned choice for F(4, 3)).
@@ -54,7 +55,7 @@ G = np.array(
 A_T = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], np.float64)
 N_IN = B_T.shape[0]  # 6: input tile side
 BAND_FLOATS = 36 * 16384  # transformed outputs per band (~2.4 MB in float32): what stayed in cache best
-MIN_SIDE = 16  # smaller maps keep XLA's conv (the transforms' fixed costs are not repaid there)
+MIN_SIDE = 12  # smaller maps keep XLA's conv (VGG19 at batch 16 x 96: 12 -> 813 ms, 16 -> 902, 6 -> 870)
 MIN_CHANNELS = 16  # fewer input or output channels keep XLA's conv (64 -> 3 at 512x512: 105 vs 19 ms)
 
 
@@ -77,108 +78,110 @@ def kernel_transform(kernel: jnp.ndarray) -> jnp.ndarray:
 
 
 def _input_transform(band: jnp.ndarray, rows: int, cols: int) -> jnp.ndarray:
-    """A zero-padded band (4 rows + 2, 4 cols + 2, C) -> (36, rows * cols, C): B^T d B of every 6x6 input tile."""
+    """Zero-padded bands (G, 4 rows + 2, 4 cols + 2, C) -> (36, G * rows * cols, C): B^T d B of every 6x6 tile."""
     span = TILE * (cols - 1) + 1
-    views = [band[:, k : k + span : TILE] for k in range(N_IN)]  # (4 rows + 2, cols, C) each
+    views = [band[:, :, k : k + span : TILE] for k in range(N_IN)]  # (G, 4 rows + 2, cols, C) each
     along_w = jnp.stack([_weighted_sum(B_T[j], views) for j in range(N_IN)])
     along_w = lax.optimization_barrier(along_w)  # materialised once, not recomputed for each H term
     span = TILE * (rows - 1) + 1
-    views = [along_w[:, k : k + span : TILE] for k in range(N_IN)]  # (6, rows, cols, C) each
-    v = jnp.stack([_weighted_sum(B_T[i], views) for i in range(N_IN)])  # (6 i, 6 j, rows, cols, C)
-    return v.reshape(N_IN * N_IN, rows * cols, band.shape[-1])
+    views = [along_w[:, :, k : k + span : TILE] for k in range(N_IN)]  # (6, G, rows, cols, C) each
+    v = jnp.stack([_weighted_sum(B_T[i], views) for i in range(N_IN)])  # (6 i, 6 j, G, rows, cols, C)
+    return v.reshape(N_IN * N_IN, -1, band.shape[-1])
 
 
-def _output_transform(m: jnp.ndarray, rows: int, cols: int) -> jnp.ndarray:
-    """(36, rows * cols, Cout) -> the (4 rows, 4 cols, Cout) outputs: A^T m A of every tile, untiled."""
-    m = m.reshape(N_IN, N_IN, rows, cols, m.shape[-1])
+def _output_transform(m: jnp.ndarray, images: int, rows: int, cols: int) -> jnp.ndarray:
+    """(36, G * rows * cols, Cout) -> the (G, 4 rows, 4 cols, Cout) outputs: A^T m A of every tile, untiled."""
+    m = m.reshape(N_IN, N_IN, images, rows, cols, m.shape[-1])
     half = jnp.stack([_weighted_sum(A_T[a], [m[i] for i in range(N_IN)]) for a in range(TILE)])
-    half = lax.optimization_barrier(half)  # (4 a, 6 j, rows, cols, Cout)
-    y = jnp.stack([_weighted_sum(A_T[b], [half[:, j] for j in range(N_IN)]) for b in range(TILE)], axis=3)
-    # (4 a, rows, cols, 4 b, C) -> (rows, 4 a, cols, 4 b, C) = image order
-    return y.transpose(1, 0, 2, 3, 4).reshape(TILE * rows, TILE * cols, m.shape[-1])
+    half = lax.optimization_barrier(half)  # (4 a, 6 j, G, rows, cols, Cout)
+    y = jnp.stack([_weighted_sum(A_T[b], [half[:, j] for j in range(N_IN)]) for b in range(TILE)], axis=4)
+    # (4 a, G, rows, cols, 4 b, C) -> (G, rows, 4 a, cols, 4 b, C) = image order
+    return y.transpose(1, 2, 0, 3, 4, 5).reshape(images, TILE * rows, TILE * cols, m.shape[-1])
 
 
-def band_rows(tile_cols: int, out_channels: int) -> int:
-    """Tile rows per band so that a band's transformed output (36 x rows x cols x Cout) is ~``BAND_FLOATS``."""
-    return max(1, BAND_FLOATS // (N_IN * N_IN * tile_cols * out_channels))
+def band_plan(images: int, tile_rows: int, tile_cols: int, out_channels: int) -> tuple[int, int, int]:
+    """(images per band, tile rows per band, bands per image) so that a band's transformed output
+    (36 x tiles x Cout) is about ``BAND_FLOATS``: a few rows of one large image, or several small images whole."""
+    target = max(1, BAND_FLOATS // (N_IN * N_IN * out_channels))  # tiles per band
+    if tile_rows * tile_cols >= target:
+        per_image = math.ceil(tile_rows / max(1, target // tile_cols))
+        return 1, math.ceil(tile_rows / per_image), per_image  # equal bands: little zero padding
+    return min(images, target // (tile_rows * tile_cols)), tile_rows, 1
 
 
 def winograd_conv3x3(x: jnp.ndarray, kernel: jnp.ndarray, precision=None) -> jnp.ndarray:
     """NHWC ``x`` convolved with the HWIO 3x3 ``kernel``, stride 1, zero padding 1 ('SAME'): (N, H, W, Cout).
 
-    Any H, W (the last tiles are zero-padded and cropped); differentiable (by JAX, as the ops it is made of)."""
+    Any N, H, W (the last tiles, bands and image groups are zero-padded and cropped); differentiable (by JAX, as
+    the ops it is made of)."""
     n, h, w, cin = x.shape
     if kernel.shape[:3] != (3, 3, cin):
         raise ValueError(f"winograd_conv3x3 needs a (3, 3, {cin}, Cout) kernel for this input, got {kernel.shape}")
     cout = kernel.shape[3]
     tile_rows, tile_cols = math.ceil(h / TILE), math.ceil(w / TILE)
-    rows = min(tile_rows, band_rows(tile_cols, cout))
-    bands = math.ceil(tile_rows / rows)  # per image; the last band is zero-padded
-    # one pixel of 'SAME' padding before; after: the same plus whatever completes the last tile and band
+    images, rows, per_image = band_plan(n, tile_rows, tile_cols, cout)
+    groups = math.ceil(n / images)
+    # one pixel of 'SAME' padding before; after: the same plus whatever completes the last tile, band and group
     padded = lax.pad(
         x,
         jnp.zeros((), x.dtype),
-        ((0, 0, 0), (1, TILE * rows * bands - h + 1, 0), (1, TILE * tile_cols - w + 1, 0), (0, 0, 0)),
+        (
+            (0, groups * images - n, 0),
+            (1, TILE * rows * per_image - h + 1, 0),
+            (1, TILE * tile_cols - w + 1, 0),
+            (0, 0, 0),
+        ),
     )
     u = kernel_transform(kernel)
 
     def band(index):
-        image, first = index // bands, (index % bands) * TILE * rows
-        piece = lax.dynamic_slice(padded, (image, first, 0, 0), (1, TILE * rows + 2, padded.shape[2], cin))[0]
+        first_image, first_row = (index // per_image) * images, (index % per_image) * TILE * rows
+        piece = lax.dynamic_slice(
+            padded, (first_image, first_row, 0, 0), (images, TILE * rows + 2, padded.shape[2], cin)
+        )
         v = _input_transform(piece, rows, tile_cols)
         m = lax.dot_general(v, u, (((2,), (1,)), ((0,), (0,))), precision=precision)  # 36 matmuls in one
-        return _output_transform(m, rows, tile_cols)
+        return _output_transform(m, images, rows, tile_cols)
 
-    out = lax.map(band, jnp.arange(n * bands))  # (n * bands, 4 rows, 4 cols, Cout)
-    return out.reshape(n, bands * TILE * rows, TILE * tile_cols, cout)[:, :h, :w]
+    out = lax.map(band, jnp.arange(groups * per_image))  # (groups * per_image, images, 4 rows, 4 cols, Cout)
+    # bands of one image are consecutive; images > 1 only with one band per image: both orders are image order
+    out = out.reshape(groups, per_image, images, TILE * rows, TILE * tile_cols, cout).transpose(0, 2, 1, 3, 4, 5)
+    return out.reshape(groups * images, per_image * TILE * rows, TILE * tile_cols, cout)[:n, :h, :w]
 
 
-def winograd_conv(
-    lhs,
-    rhs,
-    window_strides,
-    padding,
-    lhs_dilation=None,
-    rhs_dilation=None,
-    dimension_numbers=None,
-    feature_group_count: int = 1,
-    batch_group_count: int = 1,
-    precision=None,
-    preferred_element_type=None,
-):
-    """``lax.conv_general_dilated`` that runs float32 NHWC 3x3 stride-1 'SAME' convolutions of maps of at least
-    ``MIN_SIDE`` pixels with at least ``MIN_CHANNELS`` in and out by ``winograd_conv3x3``; every other call is
-    passed to ``lax.conv_general_dilated`` unchanged. Plugs into Flax as
-    ``nn.Conv(..., conv_general_dilated=winograd_conv)``."""
-    plain = (
-        not _is_nhwc(dimension_numbers, jnp.ndim(lhs))
-        or tuple(jnp.shape(rhs)[:2]) != (3, 3)
-        or tuple(window_strides) != (1, 1)
-        or any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
-        or feature_group_count != 1
-        or batch_group_count != 1
-        or preferred_element_type is not None
-        or jnp.result_type(lhs) != jnp.float32
-        or jnp.result_type(rhs) != jnp.float32
-        or min(jnp.shape(lhs)[1:3]) < MIN_SIDE
-        or min(jnp.shape(rhs)[2:]) < MIN_CHANNELS
-        or _explicit_padding(padding, jnp.shape(lhs), jnp.shape(rhs), (1, 1)) != ((1, 1), (1, 1))
+def applies(lhs, rhs, strides, padding) -> bool:
+    """Whether ``winograd_conv3x3`` serves this NHWC / HWIO convolution (explicit ``padding`` pairs) and pays: 3x3,
+    stride 1, 'SAME', float32, maps of at least ``MIN_SIDE`` pixels, at least ``MIN_CHANNELS`` in and out."""
+    return (
+        tuple(jnp.shape(rhs)[:2]) == (3, 3)
+        and tuple(strides) == (1, 1)
+        and tuple(padding) == ((1, 1), (1, 1))
+        and jnp.result_type(lhs) == jnp.result_type(rhs) == jnp.float32
+        and min(jnp.shape(lhs)[1:3]) >= MIN_SIDE
+        and min(jnp.shape(rhs)[2:]) >= MIN_CHANNELS
     )
-    if plain:
-        return lax.conv_general_dilated(
-            lhs,
-            rhs,
-            window_strides,
-            padding,
-            lhs_dilation=lhs_dilation,
-            rhs_dilation=rhs_dilation,
-            dimension_numbers=dimension_numbers,
-            feature_group_count=feature_group_count,
-            batch_group_count=batch_group_count,
-            precision=precision,
-            preferred_element_type=preferred_element_type,
-        )
-    return _winograd_conv3x3_jit(lhs, rhs, precision=precision)
+
+
+_CONV_SIGNATURE = inspect.signature(lax.conv_general_dilated)
+
+
+def winograd_conv(*args, **kwargs):
+    """``lax.conv_general_dilated`` (same signature) that runs the convolutions ``applies`` accepts by
+    ``winograd_conv3x3``; every other call is passed to ``lax.conv_general_dilated`` unchanged. Plugs into Flax as
+    ``nn.Conv(..., conv_general_dilated=winograd_conv)``."""
+    call = _CONV_SIGNATURE.bind(*args, **kwargs)
+    call.apply_defaults()
+    a = call.arguments
+    lhs, rhs, strides = a["lhs"], a["rhs"], a["window_strides"]
+    if (
+        is_nhwc(a["dimension_numbers"], jnp.ndim(lhs))
+        and all(d == 1 for d in (*(a["lhs_dilation"] or ()), *(a["rhs_dilation"] or ())))
+        and a["feature_group_count"] == a["batch_group_count"] == 1
+        and a["preferred_element_type"] is None
+        and applies(lhs, rhs, strides, explicit_padding(a["padding"], jnp.shape(lhs), jnp.shape(rhs), strides))
+    ):
+        return _winograd_conv3x3_jit(lhs, rhs, precision=a["precision"])
+    return lax.conv_general_dilated(*args, **kwargs)
 
 
 # Jitted, so that the many same-shaped convs of a network are traced once (2.0 -> 0.3 s to lower SRResNet).
