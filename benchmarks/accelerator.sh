@@ -4,7 +4,7 @@
 # the real trainer with its data pipeline. Each part has its own time limit so that one hang loses only that part.
 #
 #   OUT=/tmp/jsr-accel bash benchmarks/accelerator.sh          # results: $OUT/*.json, $OUT/log
-#   PARTS="infer train loop" OUT=... bash benchmarks/accelerator.sh   # only these parts (default: all)
+#   PARTS="infer train loop" OUT=... bash benchmarks/accelerator.sh   # only these parts (default: all but infer)
 #
 # Parts: parity, bench_bf16, bench_f32 (all four cases against PyTorch), deltastn, infer (the two inference cases
 # in both dtypes against PyTorch, and jsr alone with four tiles per call), train (the real trainer), loop (the

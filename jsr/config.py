@@ -52,7 +52,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.distributed = ml_collections.ConfigDict(
         {"enabled": False, "coordinator_address": "", "num_processes": 0, "process_id": -1}
     )
-    # conv: how the convolutions are computed, not what (same outputs and gradients, tested): 'fast' = jsr.ops.conv's
+    # conv: how the convolutions are computed, not what (same outputs and gradients to float rounding, tested; the
+    # frozen VGG19 in 'fast' and 'winograd' use Winograd F(4x4, 3x3) on CPU, ~1e-5): 'fast' = jsr.ops.conv's
     # weight gradients (faster CPU training; reverse mode only, so not Delta-STN), 'xla' = XLA's own, 'auto' = 'fast'
     # on CPU unless Delta-STN is on, 'xla' on GPU/TPU; 'winograd' (jsr.ops.winograd, equal to ~1e-5) is for CPU
     # inference: training through it was slower (SRResNet fwd + bwd at batch 16 x 24: 879 vs 814 ms with 'fast')

@@ -208,7 +208,8 @@ def model_method(name: str, directory: str, scale: int, mesh) -> Method:
         raise EvaluationError(f"--model {name}={directory}: {e}") from e
     if module.scale != scale:
         raise EvaluationError(f"--model {name}={directory} upscales x{module.scale}, the data set is x{scale}")
-    upscaler = Upscaler(module, variables, mesh=mesh)
+    # the model's own conv path: Winograd's ~4 s of extra compilation per bucket shape rarely pays in an evaluation
+    upscaler = Upscaler(module, variables, mesh=mesh, conv=module.conv)
 
     def produce(stems, lrs, sizes):
         return upscaler.upscale_many([lr.astype(np.float32) / 255.0 for lr in lrs])

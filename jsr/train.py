@@ -458,7 +458,8 @@ def deltastn_method(config, mesh, generator: Generator, train_iter) -> Method:
         raise TrainingError("config.deltastn tunes its own hyperparameters: disable config.optim.plateau")
     if generator.conv != "xla":
         raise TrainingError(
-            "config.deltastn needs config.model.conv='xla': the fast conv has no forward-mode (jvp) rule"
+            f"config.deltastn needs config.model.conv='xla' (got {generator.conv!r}): the fast conv has no "
+            "forward-mode (jvp) rule, and the response is linearised around XLA's exact convolutions"
         )
     template = generator.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))["params"]
     stn = make_deltastn(config, generator, make_optimizer(config.optim.g, template, config.optim.get("trainable", ())))

@@ -29,20 +29,27 @@ from jsr.images import (
     write_png,
 )
 
-# Input pixels from which --conv auto takes Winograd: its ~4 s of extra compilation (16-block generator, 2-core CPU)
-# against ~0.16 s saved per 128x128 input pixels.
+# Input pixels per compiled canvas shape from which --conv auto takes Winograd: its ~4 s of extra compilation per
+# shape (16-block generator, 2-core CPU) against ~0.16 s saved per 128x128 input pixels.
 WINOGRAD_MIN_PIXELS = 400_000
 
 
-def input_pixels(path: Path) -> int:
-    """Pixels of an image file from its header (0 if unreadable: the error is reported when it is processed)."""
+def input_size(path: Path) -> tuple[int, int] | None:
+    """(height, width) of an image file from its header (None if unreadable: reported when it is processed)."""
     from PIL import Image
 
     try:
         with Image.open(path) as image:
-            return image.width * image.height
+            return image.height, image.width
     except Exception:  # noqa: BLE001 - any unreadable file counts as nothing here
-        return 0
+        return None
+
+
+def pays_for_winograd(upscaler, sizes) -> bool:
+    """Whether the input pixels per canvas shape to compile reach ``WINOGRAD_MIN_PIXELS``."""
+    sizes = [size for size in sizes if size is not None]
+    shapes = {upscaler.canvas_shape(h, w) for h, w in sizes}
+    return bool(shapes) and sum(h * w for h, w in sizes) / len(shapes) >= WINOGRAD_MIN_PIXELS
 
 
 def plan_outputs(input_path: Path, output_path: Path) -> list[tuple[Path, Path]]:
@@ -123,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         choices=["auto", "xla", "winograd"],
         default="auto",
         help="convolution path: 'winograd' takes ~0.6x the time on a CPU but compiles ~4 s longer per image shape; "
-        f"auto = winograd when the inputs add up to {WINOGRAD_MIN_PIXELS / 1e6:.1f}+ megapixels, else xla",
+        f"auto = winograd (on a CPU) when the inputs come to {WINOGRAD_MIN_PIXELS / 1e6:.1f}+ megapixels per shape "
+        "to compile, else xla",
     )
     args = parser.parse_args(argv)
 
@@ -150,12 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     except ModelFileError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    conv = args.conv
-    if conv == "auto" and sum(input_pixels(source) for source, _ in jobs) < WINOGRAD_MIN_PIXELS:
-        conv = module.conv  # too little work to repay Winograd's longer compile
-    upscaler = Upscaler(
-        module, variables, tile=args.tile, overlap=args.overlap, force_tiles=args.tile is not None, conv=conv
-    )
+    options = dict(tile=args.tile, overlap=args.overlap, force_tiles=args.tile is not None)
+    upscaler = Upscaler(module, variables, conv=module.conv if args.conv == "auto" else args.conv, **options)
+    if args.conv == "auto" and pays_for_winograd(upscaler, [input_size(source) for source, _ in jobs]):
+        upscaler = Upscaler(module, variables, conv="auto", **options)  # Winograd on a CPU
     if not upscaler.exact:
         print(
             f"warning: --overlap {upscaler.overlap} is below the receptive radius "

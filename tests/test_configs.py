@@ -94,6 +94,6 @@ def test_conv_auto_is_fast_on_cpu_and_xla_for_deltastn_and_accelerators(repo_roo
     assert conv_path(load_config_file(repo_root / "configs" / "quickstart_deltastn.py")) == "xla"
     assert resolve_conv("auto", "gpu") == "xla" and resolve_conv("fast", "gpu") == "fast"
     config = load_config_file(repo_root / "configs" / "quickstart.py", "tiny")
-    config.model.conv = "winograd"
-    with pytest.raises(TrainingError, match=r"config\.model\.conv='winograd': choose from"):
+    config.model.conv = "fft"
+    with pytest.raises(TrainingError, match=r"config\.model\.conv='fft': choose from"):
         train_and_evaluate(config, tmp_path / "run")

@@ -76,12 +76,16 @@ def test_state_counts_batches_and_a_legacy_state_resumes_at_its_batch_with_a_war
     source = tagged_source(n=10)
     it = iterator(source, seed=3, batch=4)
     take(it, 3)
-    assert it.get_state() == {"format": 2, "grain": {"next_index": 3}}
+    assert it.get_state() == {"format": 3, "grain": {"next_index": 3}}
     expected = take(it, 2)
     legacy = iterator(source, seed=3, batch=4)
     with pytest.warns(UserWarning, match="older jsr"):
         legacy.set_state({"next_index": 12})  # what jsr saved before: examples, 3 batches of 4
     assert_batches_equal(take(legacy, 2), expected)
+    previous = iterator(source, seed=3, batch=4)
+    with pytest.warns(UserWarning, match="other crops"):
+        previous.set_state({"format": 2, "grain": {"next_index": 3}})  # per-example crops: same records
+    assert_batches_equal(take(previous, 2), expected)  # today's batches 3 and 4 (the old run's had other crops)
     with pytest.raises(ValueError, match="another jsr version"):
         legacy.set_state({"format": 99, "grain": {}})
 

@@ -110,12 +110,26 @@ def test_device_side_crop_quantise_and_tile_batches_change_nothing():
         got_uint8 = batched.upscale(image, out_dtype=np.uint8)
         assert got_uint8.dtype == np.uint8
         np.testing.assert_array_equal(got_uint8, to_uint8(got))
+        assert batched._run_jit._cache_size() == 2  # one program for float output, one for uint8
     whole = Upscaler(module, variables)
     images = [image, photo(20, 33)]
     floats = whole.upscale_many(images)
     for got, want_float in zip(whole.upscale_many(images, out_dtype=np.uint8), floats, strict=True):
         np.testing.assert_array_equal(got, to_uint8(want_float))
     np.testing.assert_array_equal(whole.upscale(image, out_dtype=np.uint8), to_uint8(floats[0]))
+
+
+def test_upscale_cli_takes_winograd_only_when_the_work_per_compiled_shape_repays_it():
+    from jsr.upscale import WINOGRAD_MIN_PIXELS, pays_for_winograd
+
+    module = Generator(n_feats=4, num_blocks=1, scale=2)
+    upscaler = Upscaler(module, random_generator_variables(module, seed=6))
+    assert WINOGRAD_MIN_PIXELS == 400_000
+    assert not pays_for_winograd(upscaler, [(128, 128), None])  # one small photo (and an unreadable file)
+    assert pays_for_winograd(upscaler, [(1000, 1000)])  # tiled: one window shape, 1 megapixel
+    assert pays_for_winograd(upscaler, [(60, 60)] * 120)  # 120 photos in one bucket: 0.43 megapixels
+    assert not pays_for_winograd(upscaler, [(64 * k, 64) for k in range(1, 5)] * 15)  # 0.61 MP over 4 buckets
+    assert not pays_for_winograd(upscaler, [None])
 
 
 def test_bad_upscaler_arguments_are_clear_errors():

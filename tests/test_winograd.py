@@ -13,6 +13,7 @@ from jsr.models.vgg import VGG19Features, with_input_grad_kernels
 from jsr.ops import winograd
 from jsr.ops.conv import NHWC
 from jsr.ops.winograd import winograd_conv, winograd_conv3x3
+from jsr.parallel import batch_sharding, make_mesh
 
 
 def reference(x, k):
@@ -40,14 +41,14 @@ def assert_close_to_xla(got, want, rel=3e-5):
         (3, 17, 23, 8, 3),  # few output channels
         (1, 64, 40, 16, 256),  # several bands (band_rows < tile rows), many output channels
         (2, 45, 20, 64, 64),  # 12 tile rows, 5 wide
-        (5, 18, 17, 16, 256),  # small images: two per band, the last group zero-padded
+        (5, 18, 17, 16, 256),  # small images: every band holds rows of all of them
     ],
 )
 def test_equals_xla_on_awkward_shapes(n, h, w, cin, cout):
     x, k = data(n, h, w, cin, cout)
-    images, rows, per_image = winograd.band_plan(n, -(-h // winograd.TILE), -(-w // winograd.TILE), cout)
-    assert (n, h) != (1, 64) or per_image > 1  # the many-band case really has several bands per image
-    assert n != 5 or images == 2  # the small-image case really groups images, and 5 is not a multiple
+    rows, bands = winograd.band_plan(n, -(-h // winograd.TILE), -(-w // winograd.TILE), cout)
+    assert (n, h) != (1, 64) or bands > 1  # the many-band case really has several bands
+    assert n != 5 or (rows, bands) == (2, 3)  # small images: two tile rows of all five per band, the last padded
     got = jax.jit(winograd_conv3x3)(x, k)
     assert got.shape == (n, h, w, cout)
     assert_close_to_xla(got, reference(x, k))
@@ -136,3 +137,16 @@ def test_frozen_vgg_runs_its_forward_and_input_gradient_by_winograd():
     (v, g), (v_ref, g_ref) = jax.jit(frozen_grad)(x), value_and_input_grad("xla", variables)[0](x)
     np.testing.assert_allclose(v, v_ref, rtol=1e-5)
     assert float(jnp.linalg.norm(g - g_ref) / jnp.linalg.norm(g_ref)) < 1e-4
+
+
+def test_a_batch_sharded_over_devices_stays_sharded():
+    """Every band holds all images, so the batch axis is never sliced: no gathers, no repeated work per device."""
+    mesh = make_mesh()  # the 4 simulated CPU devices of the test session
+    assert mesh.devices.size > 1
+    x, k = data(mesh.devices.size, 24, 20, 16, 16)
+    x = jax.device_put(x, batch_sharding(mesh))
+    compiled = jax.jit(winograd_conv3x3).lower(x, k).compile()
+    assert "all-gather" not in compiled.as_text() and "collective-permute" not in compiled.as_text()
+    out = compiled(x, k)
+    assert out.sharding.is_equivalent_to(batch_sharding(mesh), out.ndim)
+    assert_close_to_xla(out, reference(x, k))

@@ -52,7 +52,9 @@ def center_crop(element: dict, patch: int, scale: int) -> dict:
         return {"hr": element["hr"], "lr": element["lr"], "id": element["id"]}
     check_fits(element, patch, scale)
     h, w = element["lr"].shape[:2]
-    return crop_pair(element, (h - patch) // 2, (w - patch) // 2, patch, scale) | {"id": element["id"]}
+    crop = crop_pair(element, (h - patch) // 2, (w - patch) // 2, patch, scale)
+    # copies: views would keep whole decoded images alive while they wait in the prefetch buffer
+    return {"hr": crop["hr"].copy(), "lr": crop["lr"].copy(), "id": element["id"]}
 
 
 def stack(examples: Sequence[dict]) -> dict:
@@ -196,10 +198,11 @@ class DeviceIterator:
     ``set_state(saved)`` on a fresh iterator continues with exactly the batch an uninterrupted run would get next.
     The state is a JSON-serialisable dict ``{"format": STATE_FORMAT, "grain": <Grain's state, counting batches>}``.
     A state saved by jsr before 2026-11-26 (Grain's bare ``{"next_index": examples}``) resumes at the same batch
-    count with a warning: that version shuffled differently, so the order after the resume is not the old run's.
+    count with a warning: that version shuffled differently, so the order after the resume is not the old run's;
+    format 2 (until the crops became one draw per batch) resumes with the same records and other crops, warned.
     """
 
-    STATE_FORMAT = 2
+    STATE_FORMAT = 3  # 3: crops drawn per batch (CropBatch); 2 counted batches the same way, with per-example crops
 
     def __init__(self, dataset: grain.IterDataset, mesh: Mesh, device_prefetch: int = 2, batch_size: int = 1):
         self._iter = iter(dataset)
@@ -228,6 +231,13 @@ class DeviceIterator:
     def set_state(self, state: dict[str, Any]) -> None:
         if state.get("format") == self.STATE_FORMAT:
             grain_state = state["grain"]
+        elif state.get("format") == 2:  # the same batch count; records in the same order, other crops
+            grain_state = state["grain"]
+            warnings.warn(
+                f"training data state {state} comes from an older jsr (per-example crops): resuming at batch "
+                f"{grain_state.get('next_index')} with the same records in the same order, but other crops",
+                stacklevel=2,
+            )
         elif set(state) == {"next_index"}:  # jsr before 2026-11-26: examples of a per-example Grain pipeline
             grain_state = {"next_index": int(state["next_index"]) // self._batch_size}
             warnings.warn(

@@ -403,7 +403,7 @@ def fast_conv(
         cache = (jnp.asarray(input_grad_kernel).astype(jnp.result_type(rhs)),)
         # a frozen kernel's forward and input gradient by Winograd F(4x4, 3x3) where it applies (VGG19 forward +
         # input gradient at batch 16 x 96: 1,272 -> 813 ms); trained kernels keep XLA's forward
-        by_winograd = winograd.applies(lhs, rhs, strides, pads)
+        by_winograd = winograd.applies(lhs, rhs, strides, pads) and jax.default_backend() == "cpu"
         return _custom_conv(strides, pads, precision, weight_grad, by_winograd)(lhs, rhs, cache)
     return _custom_conv(strides, pads, precision, weight_grad, False)(lhs, rhs, ())
 
@@ -424,9 +424,10 @@ def conv_function(path: str):
 
 
 def resolve_conv(choice: str, backend: str, needs_forward_mode: bool = False) -> str:
-    """A config's ``model.conv`` ('auto', 'xla' or 'fast') as the path to build: 'auto' is 'fast' on CPU, where its
-    weight gradients were measured faster (benchmarks/), and 'xla' on GPU/TPU, whose own kernels were not beaten,
-    and wherever the model is differentiated in forward mode (``fast_conv`` has no jvp rule)."""
+    """A config's ``model.conv`` ('auto', 'xla', 'fast' or 'winograd') as the path to build: 'auto' is 'fast' on
+    CPU, where its weight gradients were measured faster (benchmarks/), and 'xla' on GPU/TPU, whose own kernels
+    were not beaten, and wherever the model is differentiated in forward mode (``fast_conv`` has no jvp rule).
+    'winograd' is for CPU inference (``jsr.inference.Upscaler`` picks it itself)."""
     if choice not in CONFIG_CONV_CHOICES:
         raise ValueError(f"conv={choice!r}: choose from {CONFIG_CONV_CHOICES}")
     if choice == "auto":

@@ -99,54 +99,43 @@ def _output_transform(m: jnp.ndarray, images: int, rows: int, cols: int) -> jnp.
     return y.transpose(1, 2, 0, 3, 4, 5).reshape(images, TILE * rows, TILE * cols, m.shape[-1])
 
 
-def band_plan(images: int, tile_rows: int, tile_cols: int, out_channels: int) -> tuple[int, int, int]:
-    """(images per band, tile rows per band, bands per image) so that a band's transformed output
-    (36 x tiles x Cout) is about ``BAND_FLOATS``: a few rows of one large image, or several small images whole."""
+def band_plan(images: int, tile_rows: int, tile_cols: int, out_channels: int) -> tuple[int, int]:
+    """(tile rows per band, bands): each band holds those rows of EVERY image, sized so that its transformed output
+    (36 x tiles x Cout) is about ``BAND_FLOATS``; the bands split the rows evenly (little zero padding). Keeping
+    the whole batch in every band leaves the batch axis alone, so a batch sharded over devices stays sharded."""
     target = max(1, BAND_FLOATS // (N_IN * N_IN * out_channels))  # tiles per band
-    if tile_rows * tile_cols >= target:
-        per_image = math.ceil(tile_rows / max(1, target // tile_cols))
-        return 1, math.ceil(tile_rows / per_image), per_image  # equal bands: little zero padding
-    return min(images, target // (tile_rows * tile_cols)), tile_rows, 1
+    bands = math.ceil(tile_rows / max(1, target // (images * tile_cols)))
+    return math.ceil(tile_rows / bands), bands
 
 
 def winograd_conv3x3(x: jnp.ndarray, kernel: jnp.ndarray, precision=None) -> jnp.ndarray:
     """NHWC ``x`` convolved with the HWIO 3x3 ``kernel``, stride 1, zero padding 1 ('SAME'): (N, H, W, Cout).
 
-    Any N, H, W (the last tiles, bands and image groups are zero-padded and cropped); differentiable (by JAX, as
-    the ops it is made of)."""
+    Any N, H, W (the last tiles and bands are zero-padded and cropped); differentiable (by JAX, as the ops it is
+    made of)."""
     n, h, w, cin = x.shape
     if kernel.shape[:3] != (3, 3, cin):
         raise ValueError(f"winograd_conv3x3 needs a (3, 3, {cin}, Cout) kernel for this input, got {kernel.shape}")
     cout = kernel.shape[3]
     tile_rows, tile_cols = math.ceil(h / TILE), math.ceil(w / TILE)
-    images, rows, per_image = band_plan(n, tile_rows, tile_cols, cout)
-    groups = math.ceil(n / images)
-    # one pixel of 'SAME' padding before; after: the same plus whatever completes the last tile, band and group
+    rows, bands = band_plan(max(1, n), tile_rows, tile_cols, cout)
+    # one pixel of 'SAME' padding before; after: the same plus whatever completes the last tile and band
     padded = lax.pad(
         x,
         jnp.zeros((), x.dtype),
-        (
-            (0, groups * images - n, 0),
-            (1, TILE * rows * per_image - h + 1, 0),
-            (1, TILE * tile_cols - w + 1, 0),
-            (0, 0, 0),
-        ),
+        ((0, 0, 0), (1, TILE * rows * bands - h + 1, 0), (1, TILE * tile_cols - w + 1, 0), (0, 0, 0)),
     )
     u = kernel_transform(kernel)
 
     def band(index):
-        first_image, first_row = (index // per_image) * images, (index % per_image) * TILE * rows
-        piece = lax.dynamic_slice(
-            padded, (first_image, first_row, 0, 0), (images, TILE * rows + 2, padded.shape[2], cin)
-        )
+        piece = lax.dynamic_slice_in_dim(padded, index * TILE * rows, TILE * rows + 2, axis=1)
         v = _input_transform(piece, rows, tile_cols)
         m = lax.dot_general(v, u, (((2,), (1,)), ((0,), (0,))), precision=precision)  # 36 matmuls in one
-        return _output_transform(m, images, rows, tile_cols)
+        return _output_transform(m, n, rows, tile_cols)
 
-    out = lax.map(band, jnp.arange(groups * per_image))  # (groups * per_image, images, 4 rows, 4 cols, Cout)
-    # bands of one image are consecutive; images > 1 only with one band per image: both orders are image order
-    out = out.reshape(groups, per_image, images, TILE * rows, TILE * tile_cols, cout).transpose(0, 2, 1, 3, 4, 5)
-    return out.reshape(groups * images, per_image * TILE * rows, TILE * tile_cols, cout)[:n, :h, :w]
+    out = lax.map(band, jnp.arange(bands))  # (bands, N, 4 rows, 4 cols, Cout)
+    out = jnp.moveaxis(out, 0, 1).reshape(n, bands * TILE * rows, TILE * tile_cols, cout)
+    return out[:, :h, :w]
 
 
 def applies(lhs, rhs, strides, padding) -> bool:
@@ -154,6 +143,7 @@ def applies(lhs, rhs, strides, padding) -> bool:
     stride 1, 'SAME', float32, maps of at least ``MIN_SIDE`` pixels, at least ``MIN_CHANNELS`` in and out."""
     return (
         tuple(jnp.shape(rhs)[:2]) == (3, 3)
+        and jnp.shape(lhs)[0] > 0
         and tuple(strides) == (1, 1)
         and tuple(padding) == ((1, 1), (1, 1))
         and jnp.result_type(lhs) == jnp.result_type(rhs) == jnp.float32
