@@ -49,9 +49,10 @@ def assert_trees_close(a, b, rtol):
     """Every tensor within ``rtol`` of its counterpart, relative to the tensor's norm, floored at 0.1: tensors that
     small after a few steps of these tiny networks are moved by gradients that are ~0 (pre-BatchNorm conv biases:
     ~1e-11; BatchNorm betas ~1e-7; conv01's bias ~1e-6; running means: cancellations of activations of scale ~1),
-    so what separates two runs there is summation order, which differs with the device and process count. Since
-    the crops became one draw per batch (2026-11-26), two processes vs one differ by up to 1.5e-7 on such tensors
-    (1e-10 before, with identical batches verified row for row): within this floor, not yet explained.
+    so what separates two runs there is summation order, which differs with the device and process count: two
+    processes' first-step loss already differs from one process's by 1 ulp (the cross-process all-reduce sums in
+    another order; same batches, verified row for row), and three steps grow that to up to 1.5e-7 on such tensors
+    with the crops drawn per batch since 2026-11-26 (1e-10 with the earlier crops).
 
     Per-tensor rather than per-element: Adam divides by sqrt(v), so an element whose gradient is ~0 turns
     summation-order noise (a different device count reduces in a different order) into a visible relative change.
