@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jsr.errors import UserError
 from jsr.models import MODEL_KINDS
 
 MODEL_FILE = "jsr_model.json"
@@ -27,7 +28,7 @@ TRAIN_CHECKPOINTS = "checkpoints"
 FORMAT_VERSION = 1
 
 
-class ModelFileError(Exception):
+class ModelFileError(UserError):
     """A model directory is missing, incomplete or inconsistent."""
 
 

@@ -21,11 +21,13 @@ from typing import Any
 
 import numpy as np
 
+from jsr.errors import UserError
+
 WRAPPER_KEYS = ("state_dict", "model", "generator", "discriminator", "params")
 IGNORED_SUFFIXES = (".num_batches_tracked",)
 
 
-class ConversionError(Exception):
+class ConversionError(UserError):
     """The input cannot be converted; the message says which file / key and what to do."""
 
 

@@ -43,6 +43,7 @@ import numpy as np
 from PIL import Image
 
 from jsr import images
+from jsr.errors import UserError
 
 METRICS = ("mse", "psnr_y", "psnr_rgb", "ssim_y", "ssim_rgb", "vgg22", "vgg54", "seed_vgg22", "seed_vgg54")
 VGG_METRICS = ("vgg22", "vgg54", "seed_vgg22", "seed_vgg54")
@@ -64,7 +65,7 @@ MEAN_ROW = "(mean)"  # the image column of the mean rows in results.csv
 MIN_BUCKET = 64
 
 
-class EvaluationError(Exception):
+class EvaluationError(UserError):
     """A problem with the command's inputs; the message names the flag or file and what to do."""
 
 

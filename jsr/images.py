@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageColor, UnidentifiedImageError
 
+from jsr.errors import UserError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 RESAMPLING = {
     "bicubic": Image.Resampling.BICUBIC,
@@ -23,7 +25,7 @@ RESAMPLING = {
 }
 
 
-class ImageReadError(Exception):
+class ImageReadError(UserError):
     """A file that is not a readable image; the message names it."""
 
 

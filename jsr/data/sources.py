@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from jsr import images
+from jsr.errors import UserError
 
 SPLITS = ("train", "validation", "test")
 
 
-class BadFilesError(ValueError):
+class BadFilesError(UserError, ValueError):
     """Some files of a folder cannot be used; ``bad`` lists ``(path, reason)`` for every one of them."""
 
     def __init__(self, bad: Sequence[tuple[str, str]], folder: str):
