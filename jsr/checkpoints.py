@@ -7,18 +7,24 @@ name and renamed into place, so a crash never leaves a half-written model behind
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
+import logging
 import os
 import shutil
-import tempfile
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jsr import atomic
 from jsr.errors import UserError
 from jsr.models import MODEL_KINDS
 
@@ -26,6 +32,7 @@ MODEL_FILE = "jsr_model.json"
 VARIABLES_DIR = "variables"
 TRAIN_CHECKPOINTS = "checkpoints"
 FORMAT_VERSION = 1
+MODEL_ENTRIES = (MODEL_FILE, VARIABLES_DIR)  # all that a model directory holds
 
 
 class ModelFileError(UserError):
@@ -54,21 +61,32 @@ def save_model(
     metadata: dict[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write ``variables`` of a ``kind`` model to ``directory`` atomically; returns the directory."""
+    """Write ``variables`` of a ``kind`` model to ``directory`` atomically; returns the directory.
+
+    ``overwrite`` replaces an existing model directory, and only that: a folder holding anything else is refused.
+    """
     directory = Path(directory).absolute()
-    if directory.exists() and any(directory.iterdir()) and not overwrite:
-        raise ModelFileError(f"{directory} exists and is not empty; choose another output or allow overwriting")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=directory.parent))
+    atomic.heal(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ModelFileError(f"{directory} is a file, not a folder; choose another output")
+    if directory.is_dir() and any(directory.iterdir()):
+        if not overwrite:
+            raise ModelFileError(f"{directory} exists and is not empty; choose another output or allow overwriting")
+        foreign = sorted(p.name for p in directory.iterdir() if p.name not in MODEL_ENTRIES)
+        if foreign or not (directory / MODEL_FILE).is_file():
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise ModelFileError(
+                f"{directory} is not a jsr model directory (it holds {shown or f'no {MODEL_FILE}'}); "
+                "overwriting would delete it: choose an empty or new output folder"
+            )
+    staging = atomic.staging_dir(directory)
     try:
         variables = jax.tree.map(np.asarray, variables)
         with ocp.StandardCheckpointer() as checkpointer:
             checkpointer.save(staging / VARIABLES_DIR, variables)
             checkpointer.wait_until_finished()
         write_description(staging, kind, config, {"num_params": count_params(variables), **(metadata or {})})
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(staging, directory)
+        atomic.replace_dir(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -80,9 +98,7 @@ def write_description(
 ) -> None:
     """``jsr_model.json``: what ``load_model`` needs to rebuild the module (written atomically)."""
     description = {**(metadata or {}), "format": FORMAT_VERSION, "kind": kind, "config": config}
-    tmp = directory / f".{MODEL_FILE}.partial"
-    tmp.write_text(json.dumps(description, indent=2, default=float) + "\n")
-    os.replace(tmp, directory / MODEL_FILE)
+    atomic.write_text(directory / MODEL_FILE, json.dumps(description, indent=2, default=float) + "\n")
 
 
 def read_description(directory: str | os.PathLike) -> dict[str, Any]:
@@ -95,13 +111,18 @@ def read_description(directory: str | os.PathLike) -> dict[str, Any]:
             f"{directory} is not a jsr model directory (no {MODEL_FILE}); convert PyTorch weights with "
             "`python tools/convert_torch_weights.py` or point at a training workdir"
         )
+    redo = "re-convert or re-export the model"
     try:
-        description = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ModelFileError(f"{path} is not valid JSON: {e}") from e
-    for key in ("kind", "config"):
+        description = json.loads(path.read_bytes().decode("utf-8"))
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError alike: the file is damaged
+        raise ModelFileError(f"{path} is not valid JSON ({e}); {redo}") from e
+    if not isinstance(description, dict):
+        raise ModelFileError(f"{path} holds a JSON {type(description).__name__}, not an object; {redo}")
+    for key, kind, name in (("kind", str, "string"), ("config", dict, "object")):
         if key not in description:
-            raise ModelFileError(f"{path} has no {key!r} field")
+            raise ModelFileError(f"{path} has no {key!r} field; {redo}")
+        if not isinstance(description[key], kind):
+            raise ModelFileError(f"{path}: {key!r} is {description[key]!r}, not a JSON {name}; {redo}")
     return description
 
 
@@ -117,21 +138,119 @@ def load_model(directory: str | os.PathLike, expect: str | None = None) -> tuple
     if expect is not None and description["kind"] != expect:
         raise ModelFileError(f"{directory} holds a {description['kind']}, not a {expect}")
     module = build_model(description["kind"], description["config"])
+    expected = _expected_shapes(module, description, directory)
+    variables = _read_variables(directory, description)
+    check_variables(variables, expected, directory, f"a {description['kind']} with {description['config']}")
+    return module, variables
+
+
+def _read_variables(directory: Path, description: dict[str, Any]) -> dict:
+    """The saved variables as numpy arrays; any Orbax / tensorstore failure becomes one ModelFileError."""
     variables_path = directory / VARIABLES_DIR
-    with ocp.StandardCheckpointer() as checkpointer:
-        if variables_path.is_dir():
-            variables = restore_on_host(checkpointer, variables_path)
-        elif (directory / TRAIN_CHECKPOINTS).is_dir():
-            step = TrainCheckpoints(directory / TRAIN_CHECKPOINTS).latest_step()
-            if step is None:
-                raise ModelFileError(f"training workdir {directory} has no checkpoint yet")
-            state = restore_on_host(checkpointer, directory / TRAIN_CHECKPOINTS / str(step) / "state")
-            # where the trainer keeps the generator inside its state ("a/b" = state["a"]["b"])
-            where = description.get("generator_in_state", {"params": "g_params", "batch_stats": "g_batch_stats"})
-            variables = {name: _lookup(state, path) for name, path in where.items()}
-        else:
-            raise ModelFileError(f"{directory} has neither {VARIABLES_DIR}/ nor {TRAIN_CHECKPOINTS}/")
-    return module, jax.tree.map(np.asarray, variables)
+    if variables_path.is_dir():
+        where, redo = variables_path, "the model directory is damaged or incomplete: re-convert or re-export it"
+    elif (directory / TRAIN_CHECKPOINTS).is_dir():
+        checkpoints = directory / TRAIN_CHECKPOINTS
+        step = _readable(lambda: TrainCheckpoints(checkpoints).latest_step(), checkpoints, "its step list is damaged")
+        if step is None:
+            raise ModelFileError(f"training workdir {directory} has no checkpoint yet")
+        where = directory / TRAIN_CHECKPOINTS / str(step) / "state"
+        redo = "this checkpoint is damaged: move it away to load the previous one, or export the model again"
+    else:
+        raise ModelFileError(f"{directory} has neither {VARIABLES_DIR}/ nor {TRAIN_CHECKPOINTS}/")
+
+    def restore() -> dict:
+        with ocp.StandardCheckpointer() as checkpointer:
+            tree = restore_on_host(checkpointer, where)
+        if where == variables_path:
+            return tree
+        # where the trainer keeps the generator inside its state ("a/b" = state["a"]["b"])
+        inside = description.get("generator_in_state", {"params": "g_params", "batch_stats": "g_batch_stats"})
+        return {name: _lookup(tree, path) for name, path in inside.items()}
+
+    return jax.tree.map(np.asarray, _readable(restore, where, redo))
+
+
+def _readable(read: Callable[[], Any], where: Path, redo: str) -> Any:
+    try:
+        with _quiet_orbax():
+            return read()
+    except ModelFileError:
+        raise
+    except Exception as e:  # noqa: BLE001 - Orbax raises bare Exception, ValueError, OSError... for damaged files
+        raise ModelFileError(f"{where}: cannot read the saved weights ({_root_cause(e)}); {redo}") from e
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    """Orbax logs a warning per missing file before it raises; the one error line says it instead."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _root_cause(e: BaseException) -> str:
+    """The innermost error's first line (tensorstore's says which file and byte range), without the spec dump."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    return _first_line(e).split(" [tensorstore_spec", 1)[0]
+
+
+def abstract_variables(module: nn.Module) -> dict:
+    """Shapes and dtypes of the variables ``module.init`` creates, without computing any."""
+    side = getattr(module, "patch_size", 16)  # the discriminator's dense head depends on its input side
+    x = jax.ShapeDtypeStruct((1, side, side, getattr(module, "channels", 3)), jnp.float32)
+    return dict(jax.eval_shape(module.init, jax.random.PRNGKey(0), x))
+
+
+def _expected_shapes(module: nn.Module, description: dict[str, Any], directory: Path) -> dict[str, tuple[int, ...]]:
+    try:
+        return _flat_shapes(abstract_variables(module))
+    except (TypeError, ValueError) as e:  # e.g. "num_blocks": "two" builds a module that cannot initialise
+        raise ModelFileError(
+            f"{directory / MODEL_FILE}: the config {description['config']} does not make a {description['kind']} "
+            f"({_first_line(e)}); re-convert or re-export the model"
+        ) from e
+
+
+def check_variables(variables: dict, expected: dict[str, tuple[int, ...]], directory: Path, what: str) -> None:
+    """Refuse variables that do not fit the module (names the first parameter off) or hold NaN / inf."""
+    got = _flat_shapes(variables)
+    redo = "re-convert or re-export the model"
+    for name in sorted(expected.keys() | got.keys(), key=lambda n: (not n.startswith("params/"), n)):
+        if name not in got:
+            raise ModelFileError(
+                f"{directory}: {MODEL_FILE} describes {what}, but the saved variables have no {name} "
+                f"(expected shape {expected[name]}); {redo}"
+            )
+        if name not in expected:
+            raise ModelFileError(
+                f"{directory}: the saved variables hold {name} (shape {got[name]}), which {what} does not have; "
+                f"{MODEL_FILE} does not match them: {redo}"
+            )
+        if got[name] != expected[name]:
+            raise ModelFileError(
+                f"{directory}: {name} is saved with shape {got[name]}, but {what} ({MODEL_FILE}) expects "
+                f"{expected[name]}; {redo}"
+            )
+    for name, leaf in _flat_leaves(variables).items():
+        bad = int(np.size(leaf) - np.count_nonzero(np.isfinite(leaf)))
+        if bad:
+            raise ModelFileError(
+                f"{directory}: {name} holds {bad} non-finite values (NaN or inf) of {np.size(leaf)}; the weights "
+                f"are damaged (or training diverged): {redo}"
+            )
+
+
+def _flat_leaves(tree: Any) -> dict[str, np.ndarray]:
+    """{"a/b": leaf}, named as ``_flat_shapes`` names them."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    names = ["/".join(str(getattr(k, "name", getattr(k, "key", getattr(k, "idx", k)))) for k in p) for p, _ in leaves]
+    return {name: np.asarray(leaf) for name, (_, leaf) in zip(names, leaves, strict=True)}
 
 
 def _lookup(tree: Any, path: str) -> Any:
@@ -150,14 +269,27 @@ def restore_on_host(checkpointer: ocp.StandardCheckpointer, path: Path) -> Any:
     return checkpointer.restore(path, target)
 
 
+class CheckpointMismatch(UserError):
+    """The saved run does not fit the current configuration."""
+
+
+class CheckpointUnreadable(UserError):
+    """Every checkpoint of a run is damaged."""
+
+
 class TrainCheckpoints:
     """A run's Orbax checkpoints: ``<step>/state`` (the TrainState pytree) and ``<step>/meta`` (JSON: data iterator
     position, plateau, bookkeeping). Orbax finalises a step by renaming a temporary directory, so a crash mid-save
-    leaves the previous checkpoints untouched."""
+    leaves the previous checkpoints untouched. Steps that cannot be read are moved to ``unreadable/``, never deleted."""
 
     def __init__(self, directory: str | os.PathLike, keep: int = 3):
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-        self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=options, item_names=("state", "meta"))
+        self.directory = Path(directory).absolute()
+        self.keep = keep
+        self.manager = self._open()
+
+    def _open(self) -> ocp.CheckpointManager:
+        options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True)
+        return ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -168,16 +300,105 @@ class TrainCheckpoints:
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         self.manager.save(step, args=args, force=force)
 
-    def restore_latest(self, template: Any) -> tuple[Any, dict] | None:
-        """(state shaped and sharded like ``template``, meta) of the latest step, or None for a fresh run."""
-        step = self.manager.latest_step()
-        if step is None:
-            return None
+    def restore_latest(self, template: Any, note: Callable[[str], None] = print) -> tuple[Any, dict] | None:
+        """(state shaped and sharded like ``template``, meta) of the newest step that restores, or None for a fresh
+        run. Unreadable newer steps are set aside (with a note); a run saved with another model shape is refused."""
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-        restored = self.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
-        )
-        return restored.state, restored.meta
+        unreadable: list[tuple[int, str]] = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            self._refuse_other_shapes(step, abstract)
+            try:
+                with _stderr_quiet():  # a failed read makes Orbax's pending async reads print pages of tracebacks
+                    restored = self.manager.restore(
+                        step,
+                        args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()),
+                    )
+            except (NameError, AttributeError, ImportError):
+                raise  # a bug here, not a damaged file
+            except Exception as e:  # noqa: BLE001 - Orbax / tensorstore / JSON errors all mean "cannot be read"
+                unreadable.append((step, _first_line(e)))
+                continue
+            self._set_aside(unreadable, note)
+            return restored.state, restored.meta
+        if unreadable:
+            steps = "; ".join(f"step {step}: {reason}" for step, reason in unreadable)
+            raise CheckpointUnreadable(
+                f"no checkpoint in {self.directory} can be read ({steps}); move or delete that folder to start the "
+                "run over, or restore it from a backup"
+            )
+        return None
+
+    def _refuse_other_shapes(self, step: int, abstract: Any) -> None:
+        try:
+            with _stderr_quiet(), ocp.StandardCheckpointer() as checkpointer:  # quiet: the step-level metadata file
+                metadata = checkpointer.metadata(self.directory / str(step) / "state")  # is one folder up
+            saved = _flat_shapes(getattr(getattr(metadata, "item_metadata", metadata), "tree", metadata))
+        except Exception:  # noqa: BLE001 - unreadable metadata: the restore attempt reports it
+            return
+        wanted = _flat_shapes(abstract)
+        for path, shape in wanted.items():
+            if path in saved and saved[path] != shape:
+                raise CheckpointMismatch(
+                    f"{self.directory} holds a run with other model shapes ({path}: saved {saved[path]}, the config "
+                    f"gives {shape}); resume with the config it was started with (its config.json) or choose a new "
+                    "--workdir"
+                )
+        missing = sorted(set(wanted) - set(saved))
+        if saved and missing and len(missing) == len(wanted):
+            return  # no common naming at all: leave the verdict to the restore
+        if missing:
+            raise CheckpointMismatch(
+                f"{self.directory} holds a run of another configuration (the saved state has no {missing[0]}); "
+                "resume with the config it was started with (its config.json) or choose a new --workdir"
+            )
+
+    def _set_aside(self, unreadable: list[tuple[int, str]], note: Callable[[str], None]) -> None:
+        if not unreadable:
+            return
+        self.manager.close()
+        aside = self.directory.parent / "unreadable_checkpoints"
+        aside.mkdir(exist_ok=True)
+        for step, reason in unreadable:
+            target = aside / str(step)
+            while target.exists():
+                target = target.with_name(target.name + "_")
+            os.replace(self.directory / str(step), target)
+            note(f"checkpoint step {step} cannot be read ({reason}); moved it to {target}")
+        self.manager = self._open()
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
+
+
+@contextlib.contextmanager
+def _stderr_quiet():
+    """Silence this process's stderr (file descriptor 2: C++ and Python writers alike) for the duration."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            try:
+                yield
+            finally:
+                gc.collect()  # abandoned async reads report when collected: here, while quiet
+                sys.stderr.flush()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0].split('. See full')[0][:200]}" if text else type(e).__name__
+
+
+def _flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """{"a/b/0": shape} of every array-like leaf, whatever container types (dataclass, dict, tuple) hold them."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
+    out = {}
+    for path, leaf in leaves:
+        if hasattr(leaf, "shape"):
+            names = [str(getattr(k, "name", getattr(k, "key", getattr(k, "idx", k)))) for k in path]
+            out["/".join(names)] = tuple(int(d) for d in leaf.shape)
+    return out

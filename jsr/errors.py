@@ -44,20 +44,16 @@ def describe_os_error(e: OSError) -> str:
     return f"{where}: {reason}" + (f"; {advice}" if advice else "")
 
 
-def exit_code(e: BaseException) -> int:
-    return USAGE if isinstance(e, UserError) else FAILURE
-
-
 def run_cli(main: Callable[[], int | None]) -> int:
     """Run a command's body; returns its exit code, printing one ``error: ...`` line for expected failures."""
     try:
         return int(main() or 0)
+    except RunFailure as e:  # first: a failure kind may refine a user-error kind
+        print(f"error: {e}", file=sys.stderr)
+        return FAILURE
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return USAGE
-    except RunFailure as e:
-        print(f"error: {e}", file=sys.stderr)
-        return FAILURE
     except OSError as e:
         print(f"error: {describe_os_error(e)}", file=sys.stderr)
         return FAILURE

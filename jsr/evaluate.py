@@ -31,9 +31,7 @@ import csv
 import io
 import json
 import math
-import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +40,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from jsr import images
+from jsr import atomic, images
 from jsr.errors import UserError
 
 METRICS = ("mse", "psnr_y", "psnr_rgb", "ssim_y", "ssim_rgb", "vgg22", "vgg54", "seed_vgg22", "seed_vgg54")
@@ -433,19 +431,6 @@ def _finite(values: dict[str, float]) -> dict[str, float | None]:
     return {k: (v if math.isfinite(v) else None) for k, v in values.items()}
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write atomically: a temp file in the same folder renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def figure_panels(
     hr: np.ndarray, lr: np.ndarray, outputs: dict[str, np.ndarray], psnrs: dict[str, float], scale: int
 ) -> list[tuple[str, np.ndarray]]:
@@ -625,9 +610,10 @@ def evaluate(args: argparse.Namespace) -> Run:
     }
     table = results.markdown(SEED_TABLE if args.table == "seed" else results.metric_names)
     for name, text in (("results.csv", results.to_csv()), ("results.md", table)):
-        write_text(args.output / name, text)
+        atomic.write_text(args.output / name, text)
         files.append(args.output / name)
-    write_text(args.output / "results.json", json.dumps(results.to_json(settings), indent=2) + "\n")  # last: complete
+    # results.json last: its presence means the rest is complete
+    atomic.write_text(args.output / "results.json", json.dumps(results.to_json(settings), indent=2) + "\n")
     files.append(args.output / "results.json")
     print(table, end="")
     print(f"wrote {args.output / 'results.json'}, results.csv, results.md and {len(files) - 3} figure(s)")

@@ -7,13 +7,13 @@ to float32 RGB in [0, 1] plus an optional alpha plane, so callers never branch o
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageColor, UnidentifiedImageError
 
+from jsr import atomic
 from jsr.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
@@ -143,15 +143,5 @@ def downscale(hr: np.ndarray, scale: int, method: str = "bicubic") -> np.ndarray
 
 
 def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:
-    """Write a uint8 HWC (RGB / RGBA) or HW array as PNG atomically: a temp file renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(np.asarray(image, np.uint8)).save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write a uint8 HWC (RGB / RGBA) or HW array as PNG atomically: a staging file renamed into place."""
+    return atomic.write_file(path, lambda f: Image.fromarray(np.asarray(image, np.uint8)).save(f, format="PNG"))

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jsr import atomic
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -39,8 +41,9 @@ class MetricLogger:
         """A resumed run repeats the steps after its last checkpoint: forget what those logged the first time."""
         if not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        steps = [(line, _step_of(line)) for line in self.path.read_text().splitlines()]
+        kept = [line for line, at in steps if at is not None and at <= step]
+        atomic.write_text(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, step: int, scalars: dict[str, float], progress: bool = False) -> None:
         if not self.enabled:
@@ -77,11 +80,21 @@ class MetricLogger:
             self.writer.close()
 
 
+def _step_of(line: str) -> int | None:
+    """The step of one metrics line; None for a line a killed run left half-written."""
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError):
+        return None
+
+
 def read_series(workdir: Path, prefix: str = "") -> dict[str, tuple[list[float], list[float]]]:
     """{name: (steps, values)} of every scalar in ``metrics.jsonl`` whose name starts with ``prefix``."""
     series: dict[str, tuple[list[float], list[float]]] = {}
     path = Path(workdir) / METRICS_FILE
     for line in path.read_text().splitlines() if path.exists() else []:
+        if _step_of(line) is None:
+            continue
         record = json.loads(line)
         for name, value in record.items():
             if name.startswith(prefix) and name != "step":

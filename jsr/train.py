@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import math
 import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ import optax
 
 from jsr import checkpoints, images, losses, metrics, parallel
 from jsr import data as jdata
+from jsr import workdir as workdirs
+from jsr.errors import USAGE, RunFailure, UserError, run_cli
 from jsr.inference import Upscaler
 from jsr.logger import MetricLogger
 from jsr.models import Discriminator, Generator, VGG19Features
@@ -40,8 +43,12 @@ STAGES = ("mse", "gan")
 VAL_METRICS = ("val/psnr_y", "val/ssim_y", "val/bicubic_psnr_y", "val/bicubic_ssim_y")
 
 
-class TrainingError(Exception):
-    """A configuration or run problem; the message says what to do."""
+class TrainingError(UserError):
+    """A configuration or input problem; the message names the field and says what to do."""
+
+
+class TrainingDiverged(TrainingError, RunFailure):
+    """A loss or parameter became non-finite: the run itself failed (exit code 1)."""
 
 
 @flax.struct.dataclass
@@ -509,8 +516,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             d.get("process_id") if d.get("process_id", -1) >= 0 else None,
         )
     primary = jax.process_index() == 0
+    lock = workdirs.lock(workdir) if primary else None  # a second run on this workdir stops here
+    try:
+        return _train(config, workdir, primary)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _train(config: ml_collections.ConfigDict, workdir: Path, primary: bool) -> dict[str, float]:
+    note = print if primary else (lambda message: None)
+    if primary:
+        for done in workdirs.clean_leftovers(workdir, workdir / "checkpoints", [workdir / "best"]):
+            note(done)
     mesh = parallel.make_mesh(jax.devices()[: config.num_devices] if config.get("num_devices", 0) else None)
-    parallel.check_batch_size(config.batch_size, mesh)
+    try:
+        parallel.check_batch_size(config.batch_size, mesh)
+    except ValueError as e:
+        raise TrainingError(f"config.{e}") from None
     generator = build_generator(config)
 
     # The method (plain or Delta-STN) owns its state, steps and batches.
@@ -526,7 +549,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     # Resume, logs.
     manager = checkpoints.TrainCheckpoints(workdir / "checkpoints", keep=config.keep_checkpoints)
     extra = {"best_psnr_y": -math.inf}
-    restored = manager.restore_latest(state)
+    restored = manager.restore_latest(state, note=note)
     if restored is not None:
         state, saved = restored
         for name, iterator in method.iterators.items():
@@ -554,14 +577,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     stop = {"signal": None}
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
 
+    def last_good() -> str:
+        advice = "Lower the learning rate or check the data."
+        if manager.latest_step() is None:
+            return f"no checkpoint had been saved yet, so a rerun starts from step 0. {advice}"
+        return f"the last good checkpoint (step {manager.latest_step()}) in {manager.directory} is intact. {advice}"
+
     def save(step: int, final: bool = False) -> None:
         # The loss of step k is computed before update k: only the parameters themselves prove a state is good.
         if not bool(all_finite(method.trained_params(state))):
-            raise TrainingError(
-                f"parameters became non-finite by step {step}; the last good checkpoint (step "
-                f"{manager.latest_step()}) in {workdir / 'checkpoints'} is intact. Lower the "
-                "learning rate or check the data."
-            )
+            raise TrainingDiverged(f"parameters became non-finite by step {step}; {last_good()}")
         meta = {
             "data": {name: it.get_state() for name, it in method.iterators.items()},
             "extra": extra,
@@ -581,11 +606,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 summary = {k: float(np.mean([m[k] for m in pending_metrics if k in m])) for k in keys}
                 if not all(np.isfinite(v) for v in summary.values()):
                     bad = {k: v for k, v in summary.items() if not np.isfinite(v)}
-                    raise TrainingError(
-                        f"non-finite training metrics {bad} at step {step}; the last good "
-                        f"checkpoint (step {manager.latest_step()}) in {workdir / 'checkpoints'} "
-                        "is intact. Lower the learning rate or check the data."
-                    )
+                    raise TrainingDiverged(f"non-finite training metrics {bad} at step {step}; {last_good()}")
                 logger.write(step, summary | method.host_scalars(state), progress=True)
                 pending_metrics = pending_metrics[-1:]
             if step % config.eval_every_steps == 0 or step == config.num_train_steps:
@@ -642,26 +663,35 @@ def plot_hyperparameters(workdir: Path) -> Path:
 # ------------------------------------------------------------------------------------------------ entry point
 
 
-def main(argv=None) -> None:
-    from absl import app, flags
+def main(argv: list[str] | None = None) -> int:
+    from absl import flags, logging
     from ml_collections import config_flags
 
+    argv = sys.argv if argv is None else argv
     flags.DEFINE_string("workdir", None, "directory for checkpoints, logs and the config (resumes if present)")
     config_flags.DEFINE_config_file("config", None, "a configs/*.py file", lock_config=True)
     flags.mark_flags_as_required(["config", "workdir"])
+    try:
+        flags.FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return USAGE
+    except (AttributeError, KeyError) as e:  # an unknown --config.field: ml_collections' did-you-mean message
+        return _unknown_field(e, argv)
+    if not flags.FLAGS["verbosity"].present:  # Orbax logs every save at INFO; keep the console readable
+        logging.set_verbosity(logging.WARNING)
+    return run_cli(lambda: train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir) and 0)
 
-    def run(_):
-        from absl import logging
 
-        if not flags.FLAGS["verbosity"].present:  # Orbax logs every save at INFO; keep the console readable
-            logging.set_verbosity(logging.WARNING)
-        try:
-            train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
-        except TrainingError as e:
-            raise SystemExit(f"error: {e}") from None
-
-    app.run(run, argv=argv)
+def _unknown_field(e: Exception, argv: list[str]) -> int:
+    while e.args and isinstance(e.args[0], Exception):  # AttributeError(KeyError("'key'\nDid you mean ...?"))
+        e = e.args[0]
+    key, _, hint = str(e.args[0] if e.args else e).partition("\n")
+    key = key.strip("'\"")
+    given = [a.split("=", 1)[0] for a in argv if a.startswith("--config.") and a.split("=", 1)[0].endswith(key)]
+    print(f"error: unknown config field {given[0] if given else key}" + (f"; {hint}" if hint else ""), file=sys.stderr)
+    return USAGE
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
