@@ -173,7 +173,7 @@ def _read_variables(directory: Path, description: dict[str, Any]) -> dict:
 
 def _readable(read: Callable[[], Any], where: Path, redo: str) -> Any:
     try:
-        with _quiet_orbax():
+        with _quiet_orbax(), _stderr_quiet():
             return read()
     except ModelFileError:
         raise
@@ -183,14 +183,17 @@ def _readable(read: Callable[[], Any], where: Path, redo: str) -> Any:
 
 @contextlib.contextmanager
 def _quiet_orbax():
-    """Orbax logs a warning per missing file before it raises; the one error line says it instead."""
-    logger = logging.getLogger("absl")
+    """Orbax logs a warning per missing file, and a damaged file's abandoned async reads report when collected;
+    the one error line says it instead (also where sys.stderr is not file descriptor 2)."""
+    logger, hook = logging.getLogger("absl"), sys.unraisablehook
     level = logger.level
     logger.setLevel(logging.ERROR)
+    sys.unraisablehook = lambda unraisable: None
     try:
         yield
     finally:
         logger.setLevel(level)
+        sys.unraisablehook = hook
 
 
 def _root_cause(e: BaseException) -> str:

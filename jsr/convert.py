@@ -12,7 +12,6 @@ import argparse
 import hashlib
 import math
 import re
-import sys
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from jsr.errors import UserError
+from jsr.errors import UserError, run_cli
 
 WRAPPER_KEYS = ("state_dict", "model", "generator", "discriminator", "params")
 IGNORED_SUFFIXES = (".num_batches_tracked",)
@@ -37,6 +36,8 @@ class ConversionError(UserError):
 def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     """Tensors of a checkpoint file as float32/int numpy arrays, unwrapped and without a ``module.`` prefix."""
     path = Path(path)
+    if path.is_dir():
+        raise ConversionError(f"{path} is a folder; --input takes one checkpoint file (.pt, .pth or .safetensors)")
     if not path.is_file():
         raise ConversionError(f"{path}: no such file")
     if path.suffix == ".safetensors":
@@ -247,6 +248,23 @@ def guess_kind(state: Mapping[str, np.ndarray]) -> str | None:
     return None
 
 
+SIGNATURE_KEYS = {
+    "generator": "last_conv.body.0.weight",
+    "discriminator": "tail.0.weight",
+    "vgg19": "features.0.weight",
+}
+
+
+def _check_kind(kind: str, state: Mapping[str, np.ndarray], path: Path) -> None:
+    """Refuse a checkpoint of another model up front: one line instead of a list of missing keys."""
+    guessed = guess_kind(state)
+    if kind in SIGNATURE_KEYS and guessed not in (None, kind):
+        raise ConversionError(
+            f"{path}: this looks like a {guessed} checkpoint: use --model {guessed} "
+            f"(a {kind} checkpoint has {SIGNATURE_KEYS[kind]!r})"
+        )
+
+
 def _require(state: Mapping[str, np.ndarray], key: str, ndim: int, kind: str, path: Path) -> np.ndarray:
     if key not in state:
         guessed = guess_kind(state)
@@ -328,6 +346,7 @@ def convert_state_dict(
     kind: str, state: Mapping[str, np.ndarray], path: Path = Path("<state_dict>")
 ) -> tuple[dict[str, Any], dict]:
     """``(config, variables)`` for the jsr module of ``kind``; raises ConversionError on any mismatch."""
+    _check_kind(kind, state, path)
     config = infer_config(kind, state, path)
     targets = targets_for(kind, config)
     missing = [k for k in targets if k not in state]
@@ -351,29 +370,47 @@ def convert_state_dict(
                 + [f"  {k}: checkpoint has {got}, expected {want}" for k, got, want in wrong]
             )
         )
+    arrays = _finite_float32(state, list(targets), path)
     variables: dict[str, dict] = {}
     for key, target in targets.items():
         _set(
             variables.setdefault(target.collection, {}),
             target.path,
-            np.asarray(target.transform(state[key].astype(np.float32)), dtype=np.float32),
+            np.asarray(target.transform(arrays[key]), dtype=np.float32),
         )
     _check_against_module(kind, config, variables, path)
     return config, variables
 
 
+def _finite_float32(state: Mapping[str, np.ndarray], keys: list[str], path: Path) -> dict[str, np.ndarray]:
+    """float32 copies of ``keys``; integer (quantised) or NaN / inf tensors would convert into a broken model."""
+    for key in keys:
+        if not np.issubdtype(state[key].dtype, np.floating):
+            raise ConversionError(
+                f"{path}: {key!r} holds {state[key].dtype} values, not floating point (a quantised or damaged "
+                "checkpoint); convert the original float weights"
+            )
+    with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf, reported below
+        arrays = {key: state[key].astype(np.float32) for key in keys}
+    bad = {key: int(a.size - np.count_nonzero(np.isfinite(a))) for key, a in arrays.items()}
+    bad = {key: n for key, n in bad.items() if n}
+    if bad:
+        key, n = next(iter(bad.items()))
+        more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
+        raise ConversionError(
+            f"{path}: {key!r} holds {n} non-finite values (NaN or inf) of {arrays[key].size}{more}; the checkpoint "
+            "is damaged or was saved after training diverged: use another checkpoint"
+        )
+    return arrays
+
+
 def _check_against_module(kind: str, config: dict[str, Any], variables: dict, path: Path) -> None:
     """The converted tree must have exactly the structure and shapes the Flax module initialises."""
     import jax
-    import jax.numpy as jnp
 
-    from jsr.checkpoints import build_model
+    from jsr.checkpoints import abstract_variables, build_model
 
-    module = build_model(kind, config)
-    size = config.get("patch_size", 16)
-    channels = config.get("channels", 3)
-    expected = jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros((1, size, size, channels)))
-    expected = jax.tree.map(lambda a: tuple(a.shape), dict(expected))
+    expected = jax.tree.map(lambda a: tuple(a.shape), abstract_variables(build_model(kind, config)))
     got = jax.tree.map(lambda a: tuple(a.shape), variables)
     if expected != got:
         raise ConversionError(
@@ -416,14 +453,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input", required=True, help=".pt / .pth (zip or legacy torch format) or .safetensors")
     parser.add_argument("--output", required=True, help="model directory to create")
     parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
-    args = parser.parse_args(argv)
-    try:
-        out = convert_file(args.model, args.input, args.output, overwrite=args.overwrite)
-    except ConversionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    args = parser.parse_args(argv)  # usage errors: argparse's message and exit code 2
+    # An output the system refuses (a file in the way, read-only, disk full) is exit 1, the one rule of every jsr
+    # command (jsr.errors): the arguments were well-formed, the location is what needs fixing.
+    return run_cli(lambda: _convert(args))
+
+
+def _convert(args: argparse.Namespace) -> int:
     from jsr.checkpoints import read_description
 
+    out = convert_file(args.model, args.input, args.output, overwrite=args.overwrite)
     description = read_description(out)
     print(f"wrote {args.model} {description['config']} ({description['num_params']:,} parameters) to {out}")
     return 0

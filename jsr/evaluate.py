@@ -41,7 +41,7 @@ import numpy as np
 from PIL import Image
 
 from jsr import atomic, images
-from jsr.errors import UserError
+from jsr.errors import UserError, run_cli
 
 METRICS = ("mse", "psnr_y", "psnr_rgb", "ssim_y", "ssim_rgb", "vgg22", "vgg54", "seed_vgg22", "seed_vgg54")
 VGG_METRICS = ("vgg22", "vgg54", "seed_vgg22", "seed_vgg54")
@@ -623,12 +623,7 @@ def evaluate(args: argparse.Namespace) -> Run:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        evaluate(args)
-    except EvaluationError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(lambda: evaluate(args) and 0)
 
 
 if __name__ == "__main__":

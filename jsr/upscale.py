@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jsr.errors import FAILURE, UserError, run_cli
 from jsr.images import (
     IMAGE_SUFFIXES,
     ImageReadError,
@@ -52,22 +53,46 @@ def pays_for_winograd(upscaler, sizes) -> bool:
     return bool(shapes) and sum(h * w for h, w in sizes) / len(shapes) >= WINOGRAD_MIN_PIXELS
 
 
-def plan_outputs(input_path: Path, output_path: Path) -> list[tuple[Path, Path]]:
-    """(source, destination) pairs; a folder input maps to a folder output with relative names kept."""
+class UpscaleUsageError(UserError):
+    """Bad --input / --output combination."""
+
+
+def plan_outputs(input_path: Path, output_path: Path, overwrite_inputs: bool = False) -> list[tuple[Path, Path]]:
+    """(source, destination) pairs; a folder input maps to a folder output with relative names kept. An output that
+    would replace one of the inputs is refused unless ``overwrite_inputs``."""
     if input_path.is_dir():
-        sources = list_images(input_path)
-        if not sources:
-            raise SystemExit(f"error: no images ({', '.join(IMAGE_SUFFIXES)}) found in {input_path}")
         if output_path.exists() and not output_path.is_dir():
-            raise SystemExit(f"error: --input is a folder, so --output must be a folder, but {output_path} is a file")
-        return [(src, output_path / src.relative_to(input_path).with_suffix(".png")) for src in sources]
-    if not input_path.exists():
-        raise SystemExit(f"error: --input {input_path} does not exist")
-    if output_path.is_dir() or output_path.suffix == "":
-        return [(input_path, output_path / f"{input_path.stem}.png")]
-    if output_path.suffix.lower() != ".png":
-        raise SystemExit(f"error: outputs are PNG; give --output a .png name or a folder, not {output_path.name}")
-    return [(input_path, output_path)]
+            raise UpscaleUsageError(f"--input is a folder, so --output must be a folder, but {output_path} is a file")
+        folder_in, folder_out = input_path.resolve(), output_path.resolve()
+        nested = folder_out != folder_in and folder_out.is_relative_to(folder_in)
+        # a nested output folder holds the previous run's outputs, not inputs
+        sources = [s for s in list_images(input_path) if not (nested and s.resolve().is_relative_to(folder_out))]
+        if not sources:
+            raise UpscaleUsageError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {input_path}")
+        jobs = [(src, output_path / src.relative_to(input_path).with_suffix(".png")) for src in sources]
+    elif not input_path.exists():
+        raise UpscaleUsageError(f"--input {input_path} does not exist")
+    elif output_path.is_dir() or output_path.suffix == "":
+        jobs = [(input_path, output_path / f"{input_path.stem}.png")]
+    elif output_path.suffix.lower() != ".png":
+        raise UpscaleUsageError(f"outputs are PNG; give --output a .png name or a folder, not {output_path.name}")
+    else:
+        jobs = [(input_path, output_path)]
+    if not overwrite_inputs:
+        _refuse_replacing_inputs(jobs)
+    return jobs
+
+
+def _refuse_replacing_inputs(jobs: list[tuple[Path, Path]]) -> None:
+    inputs = {source.resolve(): source for source, _ in jobs}  # resolve(): through symlinks too
+    clashes = [(inputs[d.resolve()], d) for _, d in jobs if d.resolve() in inputs]
+    if clashes:
+        source, destination = clashes[0]
+        more = f" (and {len(clashes) - 1} more)" if len(clashes) > 1 else ""
+        raise UpscaleUsageError(
+            f"--output would replace the input {source} with its upscale ({destination}){more}; choose another "
+            "--output, or pass --overwrite-inputs to replace the originals"
+        )
 
 
 def upscale_file(upscaler, source: Path, destination: Path, background, progress=None) -> tuple[int, int]:
@@ -126,6 +151,11 @@ def main(argv: list[str] | None = None) -> int:
         help="composite transparent images onto this colour (white, #rrggbb, r,g,b) -> RGB output",
     )
     parser.add_argument(
+        "--overwrite-inputs",
+        action="store_true",
+        help="allow outputs to replace input files (by default an output that is one of the inputs is refused)",
+    )
+    parser.add_argument(
         "--conv",
         choices=["auto", "xla", "winograd"],
         default="auto",
@@ -145,19 +175,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--tile must be at least 8 LR pixels")
     if args.overlap is not None and args.overlap < 0:
         parser.error("--overlap must be >= 0")
-    jobs = plan_outputs(args.input, args.output)
+    return run_cli(lambda: _run(args, background))
+
+
+def _run(args: argparse.Namespace, background) -> int:
+    jobs = plan_outputs(args.input, args.output, overwrite_inputs=args.overwrite_inputs)
 
     # Heavy imports after argument checks, so usage errors answer instantly.
     from tqdm import tqdm
 
-    from jsr.checkpoints import ModelFileError, load_model
+    from jsr.checkpoints import load_model
     from jsr.inference import Upscaler
 
-    try:
-        module, variables = load_model(args.weights, expect="generator")
-    except ModelFileError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    module, variables = load_model(args.weights, expect="generator")
     options = dict(tile=args.tile, overlap=args.overlap, force_tiles=args.tile is not None)
     upscaler = Upscaler(module, variables, conv=module.conv if args.conv == "auto" else args.conv, **options)
     if args.conv == "auto" and pays_for_winograd(upscaler, [input_size(source) for source, _ in jobs]):
@@ -195,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for failure in failures:
         print(f"failed: {failure}", file=sys.stderr)
-    return 1 if failures else 0
+    return FAILURE if failures else 0
 
 
 if __name__ == "__main__":

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import sys
 from pathlib import Path
+
+from jsr.errors import UserError, run_cli
 
 DATASETS = ("pokemon", "div2k")
 
@@ -23,7 +26,7 @@ def prepare_pokemon(data_dir: str | None, manual_dir: str | None, downscale: str
     if manual_dir:
         folder = Path(manual_dir)
         if not folder.is_dir() or not any(folder.glob("*.png")):
-            raise FileNotFoundError(f"--manual_dir {folder} holds no *.png files (expected {{id}}.png artwork)")
+            raise UserError(f"--manual_dir {folder} holds no *.png files (expected {{id}}.png artwork)")
     builder = tfds.builder(f"pokemon/{downscale}", data_dir=data_dir or None)
     config = tfds.download.DownloadConfig(manual_dir=manual_dir or None)
     builder.download_and_prepare(download_config=config)
@@ -37,7 +40,7 @@ def require_tensorflow() -> None:
     except ValueError:  # a stubbed module without a spec
         missing = True
     if missing:
-        raise ModuleNotFoundError(
+        raise UserError(
             "preparing div2k/bicubic_x4 needs TensorFlow (the TFDS catalog builder uses tf.io). "
             "Install it with: pip install 'jsr[div2k]'  (or pip install tensorflow-cpu), then rerun "
             "python -m jsr.data.prepare --dataset=div2k. Reading the prepared data afterwards needs no TensorFlow."
@@ -65,8 +68,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    return run_cli(lambda: prepare(args))
+
+
+def prepare(args: argparse.Namespace) -> None:
     if args.dataset == "pokemon":
         builder = prepare_pokemon(args.data_dir, args.manual_dir, args.downscale)
     else:
@@ -76,4 +83,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
