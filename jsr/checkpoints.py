@@ -172,13 +172,16 @@ def _read_variables(directory: Path, description: dict[str, Any]) -> dict:
 
 
 def _readable(read: Callable[[], Any], where: Path, redo: str) -> Any:
-    try:
-        with _quiet_orbax(), _stderr_quiet():
+    # The error is caught inside the quiet block and not chained: its frames hold the abandoned async reads, which
+    # must be collected (and report) while stderr is still silenced.
+    with _quiet_orbax(), _stderr_quiet():
+        try:
             return read()
-    except ModelFileError:
-        raise
-    except Exception as e:  # noqa: BLE001 - Orbax raises bare Exception, ValueError, OSError... for damaged files
-        raise ModelFileError(f"{where}: cannot read the saved weights ({_root_cause(e)}); {redo}") from e
+        except ModelFileError:
+            raise
+        except Exception as e:  # noqa: BLE001 - Orbax raises bare Exception, ValueError, OSError... for damaged files
+            reason = _root_cause(e)
+    raise ModelFileError(f"{where}: cannot read the saved weights ({reason}); {redo}")
 
 
 @contextlib.contextmanager

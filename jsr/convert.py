@@ -12,6 +12,7 @@ import argparse
 import hashlib
 import math
 import re
+import sys
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -466,3 +467,7 @@ def _convert(args: argparse.Namespace) -> int:
     description = read_description(out)
     print(f"wrote {args.model} {description['config']} ({description['num_params']:,} parameters) to {out}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -122,6 +122,10 @@ def test_existing_output_needs_overwrite(tmp_path, capsys, generator_state):
     code, err = convert(tmp_path, capsys, tmp_path / "g.pt")
     assert code == 2 and "not empty" in err
     assert (tmp_path / "out" / "keep.txt").read_text() == "user data"
+    code, err = convert(tmp_path, capsys, tmp_path / "g.pt", "generator", "--overwrite")  # only models are replaced
+    assert code == 2 and "not a jsr model directory" in err and "keep.txt" in err
+    assert (tmp_path / "out" / "keep.txt").read_text() == "user data"
+    (tmp_path / "out" / "keep.txt").unlink()
+    assert convert(tmp_path, capsys, tmp_path / "g.pt")[0] == 0
     code, _ = convert(tmp_path, capsys, tmp_path / "g.pt", "generator", "--overwrite")
-    assert code == 0 and not (tmp_path / "out" / "keep.txt").exists()
-    assert (tmp_path / "out" / "jsr_model.json").is_file()
+    assert code == 0 and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["jsr_model.json", "variables"]

@@ -217,9 +217,10 @@ def test_damaged_model_directory(saved_model, tmp_path, capfd, case):
     assert sorted(os.listdir(tmp_path)) == ["in.png", "model"]
 
 
-def test_damaged_model_cli_stderr_is_one_line(saved_model, tmp_path):
-    """The real command: Orbax's own warnings (logging, not captured in-process) must not reach the terminal."""
-    directory = damaged_copy(saved_model, tmp_path, "no-orbax-metadata")
+@pytest.mark.parametrize("case", ["no-orbax-metadata", "truncated-data"])
+def test_damaged_model_cli_stderr_is_one_line(saved_model, tmp_path, case):
+    """The real command: Orbax's warnings (logging) and the failed reads' late reports must not reach the terminal."""
+    directory = damaged_copy(saved_model, tmp_path, case)
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "in.png")
     result = subprocess.run(
         [sys.executable, "-m", "jsr.upscale", "--weights", directory, "--input", tmp_path / "in.png", "--output",
@@ -227,5 +228,5 @@ def test_damaged_model_cli_stderr_is_one_line(saved_model, tmp_path):
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 2
-    assert "_METADATA" in one_error_line(result.stderr)
+    assert "cannot read the saved weights" in one_error_line(result.stderr)
     assert not (tmp_path / "out.png").exists()
