@@ -1,22 +1,33 @@
 """Reading, converting, resizing and writing images on the host (numpy + Pillow); one place for all modes.
 
 Arrays are HWC. ``read_image`` normalises every Pillow mode (grayscale, palette, 16-bit, RGBA, CMYK, ...)
-to float32 RGB in [0, 1] plus an optional alpha plane, so callers never branch on modes themselves.
+to float32 RGB in [0, 1] plus an optional alpha plane, so callers never branch on modes themselves. Every read
+here applies the EXIF orientation, takes the first frame of an animation (with a notice), refuses images over a
+pixel limit from their header alone (decompression bombs cost nothing) and PNGs whose data ends early.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import struct
+import sys
+import threading
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageColor, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageColor, UnidentifiedImageError
 
 from jsr import atomic
 from jsr.errors import UserError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif")
+# Largest image read by default: every camera up to 61 MP fits, and 64 MP already decode to 768 MB of float32 RGB
+# and upscale x4 to a gigapixel (3 GB), so more should be asked for (--max-pixels, config.data.max_image_pixels).
+MAX_PIXELS = 64_000_000
 RESAMPLING = {
     "bicubic": Image.Resampling.BICUBIC,
     "lanczos": Image.Resampling.LANCZOS,

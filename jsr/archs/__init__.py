@@ -1,0 +1,78 @@
+"""Architectures as plug-ins: one module per network holds its Flax module, how to read its constructor arguments
+off a PyTorch state_dict, how to map that state_dict's tensors, its value range and whether it tiles exactly.
+
+An architecture module defines ``ARCH = Architecture(...)`` and calls ``register(ARCH)``; importing ``jsr.archs``
+registers the built-in ones. A test (or a user's package) registers its own the same way, touching nothing else.
+
+The Flax module of a generator is called as ``module.apply(variables, x, valid_mask=None)`` with NHWC images in
+``value_range``; ``valid_mask`` (N, H, W, 1) marks the real pixels of a zero-padded canvas, and the output's valid
+region must then equal running the network on the unpadded image (zero every conv's input outside the mask).
+Generators expose ``scale`` and, when ``exact_tiling``, ``receptive_radius`` (LR pixels of context per side).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+StateDict = Mapping[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """One network family.
+
+    name: registry key, also written to jsr_model.json.
+    module: the Flax module class, constructed as ``module(**config)``.
+    role: 'generator', 'discriminator' or 'features'.
+    detect: ``state_dict -> config`` (constructor arguments read off keys and shapes), or None when the state_dict
+      is not of this family. Must not raise on foreign state_dicts.
+    to_flax: ``(state_dict, config) -> variables`` ({'params': ..., optional 'batch_stats': ...}, numpy arrays);
+      raises ValueError naming the key on a mismatch.
+    signature_keys: a few keys every state_dict of this family has (for "closest architecture" messages).
+    value_range: the range of the images the module takes and returns, (0, 1) or (-1, 1).
+    colour: 'rgb', or 'y' for networks that see only the luma channel (chroma is then carried by bicubic).
+    exact_tiling: purely local (convolutions and pointwise ops): tiles with enough overlap stitch exactly.
+    """
+
+    name: str
+    module: type
+    role: str
+    detect: Callable[[StateDict], dict[str, Any] | None]
+    to_flax: Callable[[StateDict, dict[str, Any]], dict]
+    signature_keys: tuple[str, ...]
+    value_range: tuple[float, float] = (0.0, 1.0)
+    colour: str = "rgb"
+    exact_tiling: bool = True
+
+    def build(self, config: dict[str, Any]):
+        return self.module(**config)
+
+    def to_model_range(self, x01):
+        lo, hi = self.value_range
+        return x01 if (lo, hi) == (0.0, 1.0) else x01 * (hi - lo) + lo
+
+    def from_model_range(self, y):
+        lo, hi = self.value_range
+        return y if (lo, hi) == (0.0, 1.0) else (y - lo) / (hi - lo)
+
+
+REGISTRY: dict[str, Architecture] = {}
+
+
+def register(arch: Architecture) -> Architecture:
+    if arch.name in REGISTRY and REGISTRY[arch.name] is not arch:
+        raise ValueError(f"architecture {arch.name!r} is registered twice")
+    if arch.role not in ("generator", "discriminator", "features"):
+        raise ValueError(f"architecture {arch.name!r}: role {arch.role!r} is not generator/discriminator/features")
+    REGISTRY[arch.name] = arch
+    return arch
+
+
+def get(name: str) -> Architecture:
+    if name not in REGISTRY:
+        raise KeyError(f"unknown architecture {name!r}; known: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]
