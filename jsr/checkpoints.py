@@ -24,9 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jsr import atomic
+from jsr import archs, atomic
 from jsr.errors import UserError
-from jsr.models import MODEL_KINDS
 
 MODEL_FILE = "jsr_model.json"
 VARIABLES_DIR = "variables"
@@ -39,14 +38,16 @@ class ModelFileError(UserError):
     """A model directory is missing, incomplete or inconsistent."""
 
 
-def build_model(kind: str, config: dict[str, Any]) -> nn.Module:
-    """The Flax module of ``kind`` with constructor arguments ``config``."""
-    if kind not in MODEL_KINDS:
-        raise ModelFileError(f"unknown model kind {kind!r}; expected one of {sorted(MODEL_KINDS)}")
+def build_model(arch: str, config: dict[str, Any]) -> nn.Module:
+    """The Flax module of architecture ``arch`` (or a legacy model kind) with constructor arguments ``config``."""
     try:
-        return MODEL_KINDS[kind](**config)
+        architecture = archs.resolve(arch)
+    except KeyError as e:
+        raise ModelFileError(e.args[0]) from None
+    try:
+        return architecture.build(config)
     except TypeError as e:
-        raise ModelFileError(f"bad constructor arguments for {kind}: {config} ({e})") from e
+        raise ModelFileError(f"bad constructor arguments for {arch}: {config} ({e})") from e
 
 
 def count_params(variables: dict) -> int:
@@ -97,7 +98,8 @@ def write_description(
     directory: Path, kind: str, config: dict[str, Any], metadata: dict[str, Any] | None = None
 ) -> None:
     """``jsr_model.json``: what ``load_model`` needs to rebuild the module (written atomically)."""
-    description = {**(metadata or {}), "format": FORMAT_VERSION, "kind": kind, "config": config}
+    arch = archs.resolve(kind)
+    description = {**(metadata or {}), "format": FORMAT_VERSION, "arch": arch.name, "kind": arch.role, "config": config}
     atomic.write_text(directory / MODEL_FILE, json.dumps(description, indent=2, default=float) + "\n")
 
 
@@ -130,14 +132,16 @@ def load_model(directory: str | os.PathLike, expect: str | None = None) -> tuple
     """``(module, variables)`` such that ``module.apply(variables, x_nhwc)`` runs the saved network (eval mode).
 
     ``directory`` is a model directory (converted weights, a run's ``best/``) or a training workdir, whose latest
-    checkpoint's generator is loaded. ``expect`` ('generator', 'discriminator', 'vgg19') refuses any other kind
-    before reading the weights.
+    checkpoint's generator is loaded. ``expect`` (a role: 'generator', 'discriminator', 'features', or an
+    architecture name such as 'vgg19') refuses anything else before reading the weights.
     """
     directory = Path(directory).absolute()
     description = read_description(directory)
-    if expect is not None and description["kind"] != expect:
-        raise ModelFileError(f"{directory} holds a {description['kind']}, not a {expect}")
-    module = build_model(description["kind"], description["config"])
+    name = description.get("arch", description["kind"])
+    module = build_model(name, description["config"])
+    arch = archs.resolve(name)
+    if expect is not None and expect not in (arch.role, arch.name):
+        raise ModelFileError(f"{directory} holds a {arch.role} ({arch.name}), not a {expect}")
     expected = _expected_shapes(module, description, directory)
     variables = _read_variables(directory, description)
     check_variables(variables, expected, directory, f"a {description['kind']} with {description['config']}")

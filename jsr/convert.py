@@ -1,4 +1,5 @@
-"""Conversion of SRGAN-PyTorch / torchvision state_dicts into jsr's Flax variables.
+"""Conversion of PyTorch state_dicts into jsr model directories: the architecture and its constructor arguments are
+detected from the tensors' names and shapes (``jsr.archs``), then mapped by that architecture's own table.
 
 Reading is safe by construction: ``.pt``/``.pth`` go through ``torch.load(weights_only=True)`` (zip and
 legacy formats), which refuses any pickle that would call a function; ``.safetensors`` holds no code at all.
@@ -10,21 +11,20 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import math
 import re
 import sys
 import warnings
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from jsr import archs
+from jsr.archs.mapping import IGNORED_SUFFIXES
 from jsr.errors import UserError, run_cli
 
 WRAPPER_KEYS = ("state_dict", "model", "generator", "discriminator", "params")
-IGNORED_SUFFIXES = (".num_batches_tracked",)
 
 
 class ConversionError(UserError):
@@ -123,264 +123,74 @@ def _unwrap(obj: Any, path: Path) -> dict[str, np.ndarray]:
     return state
 
 
-# ---------------------------------------------------------------------------------------------- mapping
+# ------------------------------------------------------------------------------------ architecture detection
 
 
-@dataclass(frozen=True)
-class Target:
-    """Where one torch tensor goes: collection ('params' / 'batch_stats'), Flax path, expected torch shape."""
-
-    collection: str
-    path: tuple[str, ...]
-    shape: tuple[int, ...]
-    transform: Callable[[np.ndarray], np.ndarray] = lambda a: a
+def _label(arch: archs.Architecture, legacy: bool) -> str:
+    """What to pass to --model: the old kind names when the user spoke in them, else the architecture name."""
+    if legacy:
+        return next((kind for kind, name in archs.LEGACY_KINDS.items() if name == arch.name), arch.name)
+    return arch.name
 
 
-def _conv(torch_prefix: str, flax_path: tuple[str, ...], cin: int, cout: int, k: int) -> dict[str, Target]:
-    return {
-        f"{torch_prefix}.weight": Target("params", (*flax_path, "kernel"), (cout, cin, k, k), _oihw_to_hwio),
-        f"{torch_prefix}.bias": Target("params", (*flax_path, "bias"), (cout,)),
-    }
-
-
-def _oihw_to_hwio(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a.transpose(2, 3, 1, 0))
-
-
-def _bn(torch_prefix: str, flax_path: tuple[str, ...], c: int) -> dict[str, Target]:
-    return {
-        f"{torch_prefix}.weight": Target("params", (*flax_path, "scale"), (c,)),
-        f"{torch_prefix}.bias": Target("params", (*flax_path, "bias"), (c,)),
-        f"{torch_prefix}.running_mean": Target("batch_stats", (*flax_path, "mean"), (c,)),
-        f"{torch_prefix}.running_var": Target("batch_stats", (*flax_path, "var"), (c,)),
-    }
-
-
-def _prelu(torch_key: str, flax_path: tuple[str, ...]) -> dict[str, Target]:
-    # The source shares ONE PReLU (a default-argument bug), so its scalar appears under every key; each key
-    # still maps to its own layer here, which loads shared and per-layer checkpoints alike.
-    return {torch_key: Target("params", (*flax_path, "negative_slope"), (1,), lambda a: a.reshape(()))}
-
-
-def _linear(
-    torch_prefix: str, flax_name: str, fin: int, fout: int, transform: Callable[[np.ndarray], np.ndarray] = np.transpose
-) -> dict[str, Target]:
-    return {
-        f"{torch_prefix}.weight": Target(
-            "params", (flax_name, "kernel"), (fout, fin), lambda a: np.ascontiguousarray(transform(a))
-        ),
-        f"{torch_prefix}.bias": Target("params", (flax_name, "bias"), (fout,)),
-    }
-
-
-def generator_targets(n_feats: int, num_blocks: int, scale: int, channels: int) -> dict[str, Target]:
-    from jsr.models.srresnet import upsample_factors
-
-    f = n_feats
-    t = {}
-    t |= _conv("conv01.body.0", ("conv01", "conv"), channels, f, 9)
-    t |= _prelu("conv01.body.1.weight", ("conv01_prelu",))
-    for i in range(num_blocks):
-        p = f"body.{i}.body"
-        t |= _conv(f"{p}.0.body.0", (f"body_{i}", "conv1", "conv"), f, f, 3)
-        t |= _bn(f"{p}.0.body.1", (f"body_{i}", "bn1"), f)
-        t |= _prelu(f"{p}.0.body.2.weight", (f"body_{i}", "prelu"))
-        t |= _conv(f"{p}.1.body.0", (f"body_{i}", "conv2", "conv"), f, f, 3)
-        t |= _bn(f"{p}.1.body.1", (f"body_{i}", "bn2"), f)
-    t |= _conv("conv02.body.0", ("conv02", "conv"), f, f, 3)
-    t |= _bn("conv02.body.1", ("conv02_bn",), f)
-    for j, r in enumerate(upsample_factors(scale)):
-        t |= _conv(f"tail.{j}.body.0.body.0", (f"tail_{j}", "conv"), f, f * r * r, 3)
-        t |= _prelu(f"tail.{j}.body.2.weight", (f"tail_{j}_prelu",))
-    t |= _conv("last_conv.body.0", ("last_conv", "conv"), f, channels, 3)
-    return t
-
-
-def discriminator_targets(patch_size: int, n_feats: int, channels: int = 3) -> dict[str, Target]:
-    from jsr.models.discriminator import NUM_DOWN_BLOCKS, head_size
-
-    f = n_feats
-    t = {}
-    t |= _conv("conv01.body.0", ("conv01",), channels, f, 3)
-    t |= _conv("conv02.body.0", ("conv02",), f, f, 3)
-    cin = f
-    for i in range(NUM_DOWN_BLOCKS):
-        cout = f * 2 ** (i + 1)
-        t |= _conv(f"body.{i}.body.0.body.0", (f"body_{i}_conv1",), cin, cout, 3)
-        t |= _bn(f"body.{i}.body.0.body.1", (f"body_{i}_bn1",), cout)
-        t |= _conv(f"body.{i}.body.1.body.0", (f"body_{i}_conv2",), cout, cout, 3)
-        t |= _bn(f"body.{i}.body.1.body.1", (f"body_{i}_bn2",), cout)
-        cin = cout
-    s = head_size(patch_size)
-
-    def chw_to_hwc(a: np.ndarray) -> np.ndarray:
-        # torch flattens (C, H, W); the Flax module flattens NHWC as (H, W, C).
-        return a.reshape(a.shape[0], cin, s, s).transpose(2, 3, 1, 0).reshape(s * s * cin, a.shape[0])
-
-    t |= _linear("tail.0", "tail_0", s * s * cin, 1024, chw_to_hwc)
-    t |= _linear("tail.2", "tail_2", 1024, 1)
-    return t
-
-
-def vgg19_targets() -> dict[str, Target]:
-    from jsr.models.vgg import VGG19_BLOCKS, VGG19_TAPS, torchvision_index
-
-    t = {}
-    cin = 3
-    for tap in VGG19_TAPS:
-        b = int(tap[4]) - 1
-        cout = VGG19_BLOCKS[b][1]
-        t |= _conv(f"features.{torchvision_index(tap)}", (tap.replace("relu", "conv"),), cin, cout, 3)
-        cin = cout
-    return t
-
-
-# ------------------------------------------------------------------------------------ architecture inference
-
-
-def guess_kind(state: Mapping[str, np.ndarray]) -> str | None:
-    keys = set(state)
-    if "features.0.weight" in keys:
-        return "vgg19"
-    if "conv01.body.0.weight" in keys and any(k.startswith("last_conv.") for k in keys):
-        return "generator"
-    if "conv01.body.0.weight" in keys and "tail.0.weight" in keys:
-        return "discriminator"
-    return None
-
-
-SIGNATURE_KEYS = {
-    "generator": "last_conv.body.0.weight",
-    "discriminator": "tail.0.weight",
-    "vgg19": "features.0.weight",
-}
-
-
-def _check_kind(kind: str, state: Mapping[str, np.ndarray], path: Path) -> None:
-    """Refuse a checkpoint of another model up front: one line instead of a list of missing keys."""
-    guessed = guess_kind(state)
-    if kind in SIGNATURE_KEYS and guessed not in (None, kind):
+def choose_architecture(
+    kind: str | None, state: Mapping[str, np.ndarray], path: Path
+) -> tuple[archs.Architecture, dict[str, Any]]:
+    """The architecture of ``state`` and its constructor arguments, read off keys and shapes alone; ``kind`` (an
+    architecture, a role or a legacy kind) restricts the choice."""
+    found = archs.detect(state)
+    if kind is None:
+        if len(found) == 1:
+            return found[0]
+        if found:
+            names = ", ".join(arch.name for arch, _ in found)
+            raise ConversionError(f"{path}: the tensors fit several architectures ({names}); choose one with --model")
+        raise ConversionError(_unknown_layout(state, path))
+    legacy = kind in archs.LEGACY_KINDS and kind not in archs.REGISTRY or kind == "vgg19"
+    try:
+        wanted = archs.resolve(kind)
+    except KeyError as e:
+        raise ConversionError(e.args[0]) from None
+    for arch, config in found:
+        if arch is wanted:
+            return arch, config
+    if found:
+        other = found[0][0]
         raise ConversionError(
-            f"{path}: this looks like a {guessed} checkpoint: use --model {guessed} "
-            f"(a {kind} checkpoint has {SIGNATURE_KEYS[kind]!r})"
+            f"{path}: this looks like a {_label(other, legacy)} checkpoint: use --model {_label(other, legacy)} "
+            f"(a {kind} checkpoint has {wanted.signature_keys[0]!r})"
         )
+    missing = [k for k in wanted.signature_keys if k not in state]
+    raise ConversionError(
+        f"{path}: the tensors do not fit a {kind} ({wanted.name})"
+        + (f": missing key {missing[0]!r}" if missing else ": its layer shapes differ")
+        + f"; {_unknown_layout(state, path, header=False)}"
+    )
 
 
-def _require(state: Mapping[str, np.ndarray], key: str, ndim: int, kind: str, path: Path) -> np.ndarray:
-    if key not in state:
-        guessed = guess_kind(state)
-        hint = f"; it looks like a {guessed} checkpoint: use --model {guessed}" if guessed and guessed != kind else ""
-        raise ConversionError(f"{path}: missing key {key!r} expected in a {kind} checkpoint{hint}")
-    value = state[key]
-    if value.ndim != ndim:
-        raise ConversionError(f"{path}: {key!r} has shape {tuple(value.shape)}, expected {ndim} dimensions")
-    return value
-
-
-def infer_config(kind: str, state: Mapping[str, np.ndarray], path: Path) -> dict[str, Any]:
-    """Constructor arguments of the jsr module, read off the tensors' shapes."""
-    if kind == "generator":
-        first = _require(state, "conv01.body.0.weight", 4, kind, path)
-        n_feats, channels = int(first.shape[0]), int(first.shape[1])
-        blocks = {int(m.group(1)) for k in state if (m := re.match(r"body\.(\d+)\.", k))}
-        num_blocks = max(blocks) + 1 if blocks else 0
-        tails = sorted(
-            {int(m.group(1)) for k in state if (m := re.match(r"tail\.(\d+)\.body\.0\.body\.0\.weight$", k))}
-        )
-        if not tails:
-            raise ConversionError(f"{path}: missing key 'tail.0.body.0.body.0.weight' (the upsampler)")
-        outs = [int(state[f"tail.{j}.body.0.body.0.weight"].shape[0]) for j in tails]
-        if len(tails) == 2 and outs == [4 * n_feats, 4 * n_feats]:
-            scale = 4
-        elif len(tails) == 1 and outs[0] % n_feats == 0 and math.isqrt(outs[0] // n_feats) ** 2 == outs[0] // n_feats:
-            scale = math.isqrt(outs[0] // n_feats)
-            if scale == 4 or scale < 2:
-                raise ConversionError(f"{path}: one upsampler of x{scale} is not the SRGAN-PyTorch layout")
-        else:
-            shapes = {
-                f"tail.{j}.body.0.body.0.weight": tuple(state[f"tail.{j}.body.0.body.0.weight"].shape) for j in tails
-            }
-            raise ConversionError(f"{path}: cannot infer the scale from the upsamplers {shapes} (n_feats={n_feats})")
-        return {"n_feats": n_feats, "num_blocks": num_blocks, "scale": scale, "channels": channels}
-    if kind == "discriminator":
-        first = _require(state, "conv01.body.0.weight", 4, kind, path)
-        n_feats = int(first.shape[0])
-        head = _require(state, "tail.0.weight", 2, kind, path)
-        fin = int(head.shape[1])
-        cells = fin // (8 * n_feats)
-        side = math.isqrt(cells)
-        if cells * 8 * n_feats != fin or side * side != cells:
-            raise ConversionError(
-                f"{path}: 'tail.0.weight' has shape {tuple(head.shape)}; its input size {fin} is not "
-                f"(patch/16)^2 * {8 * n_feats} for any patch size"
-            )
-        if int(first.shape[1]) != 3:
-            raise ConversionError(
-                f"{path}: 'conv01.body.0.weight' expects {first.shape[1]} channels; only 3 are supported"
-            )
-        return {"patch_size": 16 * side, "n_feats": n_feats}
-    if kind == "vgg19":
-        _require(state, "features.0.weight", 4, kind, path)
-        return {}
-    raise ConversionError(f"unknown model kind {kind!r}; expected generator, discriminator or vgg19")
-
-
-def targets_for(kind: str, config: dict[str, Any]) -> dict[str, Target]:
-    if kind == "generator":
-        return generator_targets(**config)
-    if kind == "discriminator":
-        return discriminator_targets(**config)
-    return vgg19_targets()
-
-
-def _ignored(kind: str, key: str) -> bool:
-    return key.endswith(IGNORED_SUFFIXES) or (kind == "vgg19" and key.startswith("classifier."))
-
-
-def _set(tree: dict, path: tuple[str, ...], value: np.ndarray) -> None:
-    for name in path[:-1]:
-        tree = tree.setdefault(name, {})
-    tree[path[-1]] = value
+def _unknown_layout(state: Mapping[str, np.ndarray], path: Path, header: bool = True) -> str:
+    near = archs.closest(state)
+    described = "; ".join(
+        f"{arch.name} (lacks {', '.join(repr(k) for k in missing[:2])})" if missing else f"{arch.name} (shapes differ)"
+        for arch, missing in near
+    )
+    keys = ", ".join(repr(k) for k in list(state)[:4])
+    text = f"closest known architectures: {described}; the checkpoint's first keys: {keys}"
+    return f"{path}: no known architecture fits these tensors; {text}" if header else text
 
 
 def convert_state_dict(
-    kind: str, state: Mapping[str, np.ndarray], path: Path = Path("<state_dict>")
-) -> tuple[dict[str, Any], dict]:
-    """``(config, variables)`` for the jsr module of ``kind``; raises ConversionError on any mismatch."""
-    _check_kind(kind, state, path)
-    config = infer_config(kind, state, path)
-    targets = targets_for(kind, config)
-    missing = [k for k in targets if k not in state]
-    unexpected = [k for k in state if k not in targets and not _ignored(kind, k)]
-    if missing or unexpected:
-        guessed = guess_kind(state)
-        lines = [f"{path}: the tensors do not match a {kind} with {config or 'the torchvision layout'}"]
-        if guessed and guessed != kind:
-            lines.append(f"  it looks like a {guessed} checkpoint: use --model {guessed}")
-        lines += [f"  missing key: {k} (expected shape {targets[k].shape})" for k in missing[:20]]
-        lines += [f"  unexpected key: {k} (shape {tuple(state[k].shape)})" for k in unexpected[:20]]
-        hidden = max(len(missing) - 20, 0) + max(len(unexpected) - 20, 0)
-        if hidden:
-            lines.append(f"  ... and {hidden} more")
-        raise ConversionError("\n".join(lines))
-    wrong = [(k, tuple(state[k].shape), t.shape) for k, t in targets.items() if tuple(state[k].shape) != t.shape]
-    if wrong:
-        raise ConversionError(
-            "\n".join(
-                [f"{path}: tensor shapes do not match a {kind} with {config}"]
-                + [f"  {k}: checkpoint has {got}, expected {want}" for k, got, want in wrong]
-            )
-        )
-    arrays = _finite_float32(state, list(targets), path)
-    variables: dict[str, dict] = {}
-    for key, target in targets.items():
-        _set(
-            variables.setdefault(target.collection, {}),
-            target.path,
-            np.asarray(target.transform(arrays[key]), dtype=np.float32),
-        )
-    _check_against_module(kind, config, variables, path)
-    return config, variables
+    kind: str | None, state: Mapping[str, np.ndarray], path: Path = Path("<state_dict>")
+) -> tuple[archs.Architecture, dict[str, Any], dict]:
+    """``(architecture, config, variables)`` of ``state``; raises ConversionError on any mismatch."""
+    arch, config = choose_architecture(kind, state, path)
+    _finite_float32(state, [k for k in state if not k.endswith(IGNORED_SUFFIXES)], path)
+    try:
+        variables = arch.to_flax(state, config)
+    except ValueError as e:
+        raise ConversionError(f"{path}: the tensors do not match a {arch.name} with {config}\n{e}") from None
+    _check_against_module(arch.name, config, variables, path)
+    return arch, config, variables
 
 
 def _finite_float32(state: Mapping[str, np.ndarray], keys: list[str], path: Path) -> dict[str, np.ndarray]:
@@ -431,15 +241,15 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def convert_file(kind: str, input_path: str | Path, output_dir: str | Path, overwrite: bool = False) -> Path:
+def convert_file(kind: str | None, input_path: str | Path, output_dir: str | Path, overwrite: bool = False) -> Path:
     from jsr.checkpoints import ModelFileError, save_model
 
     input_path = Path(input_path)
     state = read_state_dict(input_path)
-    config, variables = convert_state_dict(kind, state, input_path)
+    arch, config, variables = convert_state_dict(kind, state, input_path)
     metadata = {"source": {"file": input_path.name, "sha256": sha256(input_path)}}
     try:
-        return save_model(output_dir, kind, config, variables, metadata=metadata, overwrite=overwrite)
+        return save_model(output_dir, arch.name, config, variables, metadata=metadata, overwrite=overwrite)
     except ModelFileError as e:
         raise ConversionError(str(e)) from e
 
@@ -450,7 +260,14 @@ def main(argv: list[str] | None = None) -> int:
         description="Convert SRGAN-PyTorch generator/discriminator or torchvision VGG19 weights to a jsr model "
         "directory (Orbax checkpoint + jsr_model.json).",
     )
-    parser.add_argument("--model", required=True, choices=["generator", "discriminator", "vgg19"])
+    names = sorted(set(archs.REGISTRY) | set(archs.LEGACY_KINDS))
+    parser.add_argument(
+        "--model",
+        default=None,
+        choices=names,
+        help="the architecture (default: detected from the tensors' names and shapes); 'generator' and "
+        "'discriminator' name SRGAN-PyTorch's",
+    )
     parser.add_argument("--input", required=True, help=".pt / .pth (zip or legacy torch format) or .safetensors")
     parser.add_argument("--output", required=True, help="model directory to create")
     parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
@@ -465,7 +282,7 @@ def _convert(args: argparse.Namespace) -> int:
 
     out = convert_file(args.model, args.input, args.output, overwrite=args.overwrite)
     description = read_description(out)
-    print(f"wrote {args.model} {description['config']} ({description['num_params']:,} parameters) to {out}")
+    print(f"wrote {description['arch']} {description['config']} ({description['num_params']:,} parameters) to {out}")
     return 0
 
 

@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from jsr import atomic, images
 from jsr.errors import UserError, run_cli
@@ -116,15 +115,20 @@ def _check_image_folder(folder: str, spec: str, what: str) -> Path:
     return path
 
 
-def _scan(hr_dir: Path, lr_dir: Path | None, scale: int, downscale: str, spec: str) -> Dataset:
+def _scan(
+    hr_dir: Path, lr_dir: Path | None, scale: int, downscale: str, spec: str, max_pixels: int | None = None
+) -> Dataset:
     from jsr.data import sources
 
     try:
-        records, _ = sources.scan_folder(hr_dir, lr_dir, scale)
+        records, _ = sources.scan_folder(hr_dir, lr_dir, scale, max_pixels=max_pixels)
     except sources.BadFilesError as e:
+        if len(e.bad) == 1:
+            path, reason = e.bad[0]
+            raise EvaluationError(f"--dataset {spec}: {path}: {reason}; fix or remove it") from e
         lines = "\n".join(f"  {path}: {reason}" for path, reason in e.bad)
         raise EvaluationError(f"--dataset {spec}: {len(e.bad)} unusable file(s):\n{lines}\nFix or remove them.") from e
-    source = sources.FolderSource(records, scale, downscale)
+    source = sources.FolderSource(records, scale, downscale, max_pixels=max_pixels)
     return Dataset(spec, scale, source, sizes=list(source.sizes()), stems=[r.id for r in records])
 
 
@@ -148,19 +152,22 @@ def _open_tfds(rest: str, spec: str, scale: int, data_dir: str | None) -> Datase
     return Dataset(spec, scale, TfdsSource(source, name, index_ids=True))
 
 
-def open_dataset(spec: str, scale: int, data_dir: str | None = None, downscale: str = "bicubic") -> Dataset:
-    """Parse a ``--dataset`` spec; raises ``EvaluationError`` for bad syntax, missing or empty folders."""
+def open_dataset(
+    spec: str, scale: int, data_dir: str | None = None, downscale: str = "bicubic", max_pixels: int | None = None
+) -> Dataset:
+    """Parse a ``--dataset`` spec; raises ``EvaluationError`` for bad syntax, missing or empty folders, bad files
+    (folders: images over ``max_pixels``, default ``images.MAX_PIXELS``, are refused unread)."""
     kind, sep, rest = spec.partition(":")
     if not sep or not rest:
         raise EvaluationError(f"bad --dataset {spec!r}: {SPEC_HELP}")
     if kind == "folder":
-        dataset = _scan(_check_image_folder(rest, spec, "HR"), None, scale, downscale, spec)
+        dataset = _scan(_check_image_folder(rest, spec, "HR"), None, scale, downscale, spec, max_pixels)
     elif kind == "pairs":
         parts = rest.split(",")
         if len(parts) != 2:
             raise EvaluationError(f"bad --dataset {spec!r}: pairs needs two folders, pairs:HR_DIR,LR_DIR")
         hr_dir, lr_dir = (_check_image_folder(p, spec, what) for p, what in zip(parts, ("HR", "LR"), strict=True))
-        dataset = _scan(hr_dir, lr_dir, scale, downscale, spec)
+        dataset = _scan(hr_dir, lr_dir, scale, downscale, spec, max_pixels)
     elif kind == "tfds":
         dataset = _open_tfds(rest, spec, scale, data_dir)
     else:
@@ -226,16 +233,11 @@ def _files_by_stem(folder: Path, flag: str) -> dict[str, Path]:
     return found
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    try:
-        with Image.open(path) as im:
-            return im.height, im.width
-    except OSError as e:
-        raise EvaluationError(f"{path}: not a readable image ({e})") from e
-
-
-def sr_folder_method(name: str, folder: str, stems: Sequence[str], sizes: Sequence[tuple[int, int]]) -> Method:
-    """Precomputed outputs matched by stem; every data-set stem must have one, of the HR's size (checked now)."""
+def sr_folder_method(
+    name: str, folder: str, stems: Sequence[str], sizes: Sequence[tuple[int, int]], max_pixels: int | None = None
+) -> Method:
+    """Precomputed outputs matched by stem; every data-set stem must have one, of the HR's size (checked now, from
+    the headers: upright as read, refused over ``max_pixels`` like the data set's files)."""
     flag = f"--sr {name}={folder}"
     path = Path(folder)
     if not path.is_dir():
@@ -249,10 +251,14 @@ def sr_folder_method(name: str, folder: str, stems: Sequence[str], sizes: Sequen
         raise EvaluationError(
             f"{flag}: no output for {len(missing)} of {len(stems)} data-set image(s) (matched by file stem):\n{shown}"
         )
+    try:
+        found = {s: images.image_size(files[s], max_pixels) for s in stems}
+    except images.ImageReadError as e:
+        raise EvaluationError(f"{flag}: {e}") from None
     wrong = [
-        f"  {files[s]}: {_image_size(files[s])}, HR is {tuple(size)}"
+        f"  {files[s]}: {found[s]}, HR is {tuple(size)}"
         for s, size in zip(stems, sizes, strict=True)
-        if _image_size(files[s]) != tuple(size)
+        if found[s] != tuple(size)
     ]
     if wrong:
         raise EvaluationError(f"{flag}: {len(wrong)} output(s) differ in size from the HR image:\n" + "\n".join(wrong))
@@ -263,7 +269,7 @@ def sr_folder_method(name: str, folder: str, stems: Sequence[str], sizes: Sequen
     def produce(stems_, lrs, sizes_):
         from jsr.data.sources import to_rgb_uint8
 
-        return [to_rgb_uint8(images.read_image(files[s]), (1.0, 1.0, 1.0)) for s in stems_]
+        return [to_rgb_uint8(images.read_image(files[s], max_pixels), (1.0, 1.0, 1.0)) for s in stems_]
 
     return Method(name, "sr", produce)
 
@@ -301,7 +307,10 @@ class MetricEvaluator:
     """``evaluator(srs, hrs)`` -> per-image metric dicts, jitted once per canvas shape, sharded over ``mesh``.
 
     ``srs``: uint8 or float [0, 1] HxWx3 images; ``hrs``: uint8, the same sizes. ``quantise`` rounds the SR images to
-    uint8 first (a no-op on uint8 inputs). ``compiled_shapes`` holds every canvas shape run (= compiles).
+    uint8 first (a no-op on uint8 inputs), on the host: SR and HR then reach the device converted by the same numpy
+    division, so equal pixels are equal floats and identical images score MSE 0 and PSNR inf exactly (XLA's own
+    ``/ 255`` multiplies by the reciprocal, 1 ulp off numpy's for half the levels: ~154 dB instead).
+    ``compiled_shapes`` holds every canvas shape run (= compiles).
     """
 
     def __init__(self, border: int, vgg=None, quantise: bool = True, batch_size: int | None = None, mesh=None):
@@ -313,14 +322,13 @@ class MetricEvaluator:
         devices = self.mesh.devices.size
         self.batch_size = -(-(batch_size or devices) // devices) * devices  # a multiple of the device count
         self.border = border
+        self.quantise = quantise
         self.names = [m for m in METRICS if vgg is not None or m not in VGG_METRICS]
         self.compiled_shapes: set[tuple[int, ...]] = set()
         vgg_module = None if vgg is None else vgg[0]
         self._vgg_variables = None if vgg is None else parallel.put_replicated(vgg[1], self.mesh)
 
         def kernel(vgg_variables, sr, hr, valid):
-            if quantise:
-                sr = metrics.quantise(sr)
             pair = None if vgg_module is None else (vgg_module, vgg_variables)
             return metrics.all_metrics(sr, hr, border, valid, pair)
 
@@ -348,7 +356,7 @@ class MetricEvaluator:
                 valid = np.zeros((self.batch_size, 2), np.int32)  # padding entries: empty (their values are dropped)
                 for k, i in enumerate(chunk):
                     h, w = hrs[i].shape[:2]
-                    sr_canvas[k, :h, :w] = _unit(srs[i])
+                    sr_canvas[k, :h, :w] = _unit(srs[i], self.quantise)
                     hr_canvas[k, :h, :w] = _unit(hrs[i])
                     valid[k] = (h, w)
                 self.compiled_shapes.add(sr_canvas.shape)
@@ -361,7 +369,11 @@ class MetricEvaluator:
         return out  # type: ignore[return-value]
 
 
-def _unit(image: np.ndarray) -> np.ndarray:
+def _unit(image: np.ndarray, quantise: bool = False) -> np.ndarray:
+    """uint8 -> float32 [0, 1] by one numpy division (the same floats for SR and HR); floats as they are, or rounded
+    to the uint8 grid first when ``quantise``."""
+    if quantise and image.dtype != np.uint8:
+        image = images.to_uint8(image)
     if image.dtype == np.uint8:
         return image.astype(np.float32) / 255.0
     return np.asarray(image, np.float32)
@@ -426,9 +438,11 @@ class Results:
         return "\n".join(lines) + "\n"
 
 
-def _finite(values: dict[str, float]) -> dict[str, float | None]:
-    """JSON has no inf/nan: a PSNR of identical images (inf) or an undefined value is written as null."""
-    return {k: (v if math.isfinite(v) else None) for k, v in values.items()}
+def _finite(values: dict[str, float]) -> dict[str, float | str]:
+    """JSON has no inf/nan numbers (json.dumps would write a bare Infinity that strict readers reject): the PSNR of
+    identical images is written as the string "Infinity" (NaN as "NaN"), which float() and JavaScript's Number()
+    read back."""
+    return {k: (v if math.isfinite(v) else json.dumps(v)) for k, v in values.items()}
 
 
 def figure_panels(
@@ -510,6 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="round model outputs to uint8 before scoring, as saved PNGs are (default: on)")  # fmt: skip
     p.add_argument("--downscale", choices=("bicubic", "lanczos"), default="bicubic", help="LR of folder: data sets")
     p.add_argument("--data_dir", default=None, help="TFDS data_dir for tfds: data sets")
+    p.add_argument("--max-pixels", type=images.pixel_limit, default=images.MAX_PIXELS, metavar="N",
+                   help="refuse image files over N pixels unread (default %(default)s)")  # fmt: skip
     p.add_argument("--figures", type=int, default=4, help="comparison figures for the first N images (0: none)")
     p.add_argument("--zoom", default=None, metavar="Y,X,SIZE", help="add a zoomed crop row to the figures")
     p.add_argument("--table", choices=("full", "seed"), default="full", help="'seed': the seed's columns only")
@@ -542,7 +558,7 @@ def _methods(args, dataset: Dataset, mesh) -> list[Method]:
             name, folder = parse_named(value, "--sr")
             if name in BASELINES:
                 raise EvaluationError(f"--sr {value}: {name!r} names a baseline; choose another NAME")
-            add(sr_folder_method(name, folder, stems, sizes))
+            add(sr_folder_method(name, folder, stems, sizes, args.max_pixels))
     add(baseline("bicubic"))
     return methods
 
@@ -555,7 +571,7 @@ def evaluate(args: argparse.Namespace) -> Run:
     if border < 0:
         raise EvaluationError(f"--border must be >= 0, got {border}")
     zoom = parse_zoom(args.zoom)
-    dataset = open_dataset(args.dataset, args.scale, args.data_dir, args.downscale)
+    dataset = open_dataset(args.dataset, args.scale, args.data_dir, args.downscale, args.max_pixels)
     if args.output.exists() and not args.output.is_dir():
         raise EvaluationError(f"--output {args.output} is a file; give a folder")
 

@@ -2,7 +2,8 @@
 
     python -m jsr.upscale --weights DIR --input PATH --output PATH [--tile N] [--overlap N] [--background COLOUR]
 
-PNG, JPEG, WebP, TIFF, BMP in (grayscale, palette, 16-bit, RGBA included); PNG out, RGB, or RGBA when the input
+PNG, JPEG, WebP, TIFF, BMP, GIF in (grayscale, palette, 16-bit, RGBA included; EXIF orientation applied; the
+first frame of an animation, with a notice); PNG out, RGB, or RGBA when the input
 had alpha and no --background was given (alpha is upscaled with bicubic and re-attached). A folder is processed
 recursively with relative names kept; a file that cannot be read is reported by name, the others still run, and
 the exit code is 1 if any failed. Outputs are written atomically (no half-written PNGs).
@@ -20,10 +21,13 @@ import numpy as np
 from jsr.errors import FAILURE, UserError, run_cli
 from jsr.images import (
     IMAGE_SUFFIXES,
+    MAX_PIXELS,
     ImageReadError,
     composite,
+    image_size,
     list_images,
     parse_colour,
+    pixel_limit,
     read_image,
     resize,
     to_uint8,
@@ -35,14 +39,11 @@ from jsr.images import (
 WINOGRAD_MIN_PIXELS = 400_000
 
 
-def input_size(path: Path) -> tuple[int, int] | None:
-    """(height, width) of an image file from its header (None if unreadable: reported when it is processed)."""
-    from PIL import Image
-
+def input_size(path: Path, max_pixels: int | None = None) -> tuple[int, int] | None:
+    """Upright (height, width) of an image file from its header (None if unusable: reported when it is processed)."""
     try:
-        with Image.open(path) as image:
-            return image.height, image.width
-    except Exception:  # noqa: BLE001 - any unreadable file counts as nothing here
+        return image_size(path, max_pixels)
+    except ImageReadError:
         return None
 
 
@@ -95,9 +96,11 @@ def _refuse_replacing_inputs(jobs: list[tuple[Path, Path]]) -> None:
         )
 
 
-def upscale_file(upscaler, source: Path, destination: Path, background, progress=None) -> tuple[int, int]:
+def upscale_file(
+    upscaler, source: Path, destination: Path, background, progress=None, max_pixels: int | None = None
+) -> tuple[int, int]:
     """Read, super-resolve and write one image; returns the output (height, width)."""
-    image = read_image(source)
+    image = read_image(source, max_pixels)
     rgb, alpha = image.rgb, image.alpha
     if alpha is not None and background is not None:
         rgb, alpha = composite(rgb, alpha, background), None
@@ -151,6 +154,13 @@ def main(argv: list[str] | None = None) -> int:
         help="composite transparent images onto this colour (white, #rrggbb, r,g,b) -> RGB output",
     )
     parser.add_argument(
+        "--max-pixels",
+        type=pixel_limit,
+        default=MAX_PIXELS,
+        metavar="N",
+        help="refuse inputs over N pixels before decoding them (default %(default)s; a 64 MP input upscales to 1 GP)",
+    )
+    parser.add_argument(
         "--overwrite-inputs",
         action="store_true",
         help="allow outputs to replace input files (by default an output that is one of the inputs is refused)",
@@ -190,7 +200,7 @@ def _run(args: argparse.Namespace, background) -> int:
     module, variables = load_model(args.weights, expect="generator")
     options = dict(tile=args.tile, overlap=args.overlap, force_tiles=args.tile is not None)
     upscaler = Upscaler(module, variables, conv=module.conv if args.conv == "auto" else args.conv, **options)
-    if args.conv == "auto" and pays_for_winograd(upscaler, [input_size(source) for source, _ in jobs]):
+    if args.conv == "auto" and pays_for_winograd(upscaler, [input_size(source, args.max_pixels) for source, _ in jobs]):
         upscaler = Upscaler(module, variables, conv="auto", **options)  # Winograd on a CPU
     if not upscaler.exact:
         print(
@@ -212,7 +222,7 @@ def _run(args: argparse.Namespace, background) -> int:
         claimed[destination] = source
         tiles = TileProgress(source.name)
         try:
-            upscale_file(upscaler, source, destination, background, progress=tiles)
+            upscale_file(upscaler, source, destination, background, progress=tiles, max_pixels=args.max_pixels)
         except ImageReadError as e:
             failures.append(str(e))
             bar.write(f"error: {e}", file=sys.stderr)

@@ -139,7 +139,9 @@ def test_read_image_and_header_size_apply_every_exif_orientation(tmp_path, orien
 
 
 def test_phone_jpeg_with_orientation_6_is_upscaled_upright(tmp_path, capsys, generator):
-    image = pattern(40, 64)
+    rows, cols = np.mgrid[0:40, 0:64]
+    image = np.stack([rows * 6, cols * 4, np.full_like(rows, 128)], axis=-1).astype(np.uint8)  # smooth: JPEG-friendly
+    image[:8, :8] = (255, 0, 0)  # a red corner at the top left
     save_with_orientation(tmp_path / "phone.jpg", image, 6, quality=95)
     upright = np.rot90(image, k=-1)  # orientation 6: the camera was turned; display rotated 90 degrees clockwise
     got = images.to_uint8(images.read_image(tmp_path / "phone.jpg").rgb)

@@ -49,15 +49,7 @@ class Architecture:
     exact_tiling: bool = True
 
     def build(self, config: dict[str, Any]):
-        return self.module(**config)
-
-    def to_model_range(self, x01):
-        lo, hi = self.value_range
-        return x01 if (lo, hi) == (0.0, 1.0) else x01 * (hi - lo) + lo
-
-    def from_model_range(self, y):
-        lo, hi = self.value_range
-        return y if (lo, hi) == (0.0, 1.0) else (y - lo) / (hi - lo)
+        return self.module(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
 
 
 REGISTRY: dict[str, Architecture] = {}
@@ -76,3 +68,60 @@ def get(name: str) -> Architecture:
     if name not in REGISTRY:
         raise KeyError(f"unknown architecture {name!r}; known: {', '.join(sorted(REGISTRY))}")
     return REGISTRY[name]
+
+
+# Legacy jsr_model.json "kind" values (before architectures were named) -> architecture.
+LEGACY_KINDS = {"generator": "srresnet", "discriminator": "srgan_discriminator", "vgg19": "vgg19"}
+
+
+def resolve(name: str) -> Architecture:
+    """An architecture by name, or by the model kind older model directories recorded."""
+    return get(LEGACY_KINDS.get(name, name) if name not in REGISTRY else name)
+
+
+def detect(state: StateDict, role: str | None = None) -> list[tuple[Architecture, dict[str, Any]]]:
+    """Every registered architecture (of ``role``) whose detection rule accepts ``state``, with its config."""
+    found = []
+    for arch in REGISTRY.values():
+        if role is None or arch.role == role:
+            config = arch.detect(state)
+            if config is not None:
+                found.append((arch, config))
+    return found
+
+
+def closest(state: StateDict, count: int = 3) -> list[tuple[Architecture, list[str]]]:
+    """The architectures sharing the most signature keys with ``state``, each with the signature keys it lacks."""
+    scored = []
+    for arch in REGISTRY.values():
+        missing = [k for k in arch.signature_keys if k not in state]
+        scored.append((len(missing) / max(len(arch.signature_keys), 1), arch.name, arch, missing))
+    scored.sort(key=lambda t: (t[0], t[1]))
+    return [(arch, missing) for _, _, arch, missing in scored[:count]]
+
+
+def architecture_of(module: Any) -> Architecture:
+    """The architecture whose Flax module class ``module`` is (the first registered, for shared classes)."""
+    for arch in REGISTRY.values():
+        if type(module) is arch.module:
+            return arch
+    raise KeyError(f"{type(module).__name__} is not a registered architecture's module")
+
+
+def value_range(module: Any) -> tuple[float, float]:
+    """The range of images ``module`` takes and returns: its own ``value_range`` where one class serves several
+    layouts, else its architecture's."""
+    return tuple(getattr(module, "value_range", None) or architecture_of(module).value_range)
+
+
+def to_model_range(module: Any, x01):
+    lo, hi = value_range(module)
+    return x01 if (lo, hi) == (0.0, 1.0) else x01 * (hi - lo) + lo
+
+
+def from_model_range(module: Any, y):
+    lo, hi = value_range(module)
+    return y if (lo, hi) == (0.0, 1.0) else (y - lo) / (hi - lo)
+
+
+from jsr.archs import srgan_discriminator, srresnet, vgg19  # noqa: E402, F401  (the built-in architectures)

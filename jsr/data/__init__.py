@@ -72,6 +72,7 @@ def default_data_config() -> ml_collections.ConfigDict:
             "val_lr_folder": "",
             "val_fraction": 0.1,
             "skip_bad_files": False,  # False: stop before training with the list of bad files; True: skip them
+            "max_image_pixels": images.MAX_PIXELS,  # larger folder images are bad files, refused before decoding
             "scale": 4,
             "patch_size": 24,  # LR training crop (HR = scale * patch); 0 = whole images
             "eval_patch_size": 0,  # LR centre crop for evaluation; 0 = whole images
@@ -88,12 +89,15 @@ def default_data_config() -> ml_collections.ConfigDict:
 
 def _folder_split(cfg, split: str, min_lr: int):
     scale, skip = int(cfg.scale), bool(cfg.skip_bad_files)
+    limit = {"max_pixels": int(cfg.get("max_image_pixels") or images.MAX_PIXELS)}
     if split != "train" and cfg.get("val_folder"):
-        records, bad = sources.scan_folder(cfg.val_folder, cfg.get("val_lr_folder") or None, scale, min_lr, skip)
+        records, bad = sources.scan_folder(
+            cfg.val_folder, cfg.get("val_lr_folder") or None, scale, min_lr, skip, **limit
+        )
     else:
         if not cfg.get("folder"):
             raise ValueError("config.data.source='folder' needs config.data.folder (a folder of HR images)")
-        records, bad = sources.scan_folder(cfg.folder, cfg.get("lr_folder") or None, scale, min_lr, skip)
+        records, bad = sources.scan_folder(cfg.folder, cfg.get("lr_folder") or None, scale, min_lr, skip, **limit)
         if not cfg.get("val_folder"):
             records = sources.holdout(records, split, float(cfg.get("val_fraction", 0.1)))
             if not records:
@@ -101,7 +105,7 @@ def _folder_split(cfg, split: str, min_lr: int):
     for path, reason in bad:
         log.warning("skipping %s: %s", path, reason)
     background = images.parse_colour(cfg.get("background", "white"))
-    return sources.FolderSource(records, scale, cfg.downscale, background)
+    return sources.FolderSource(records, scale, cfg.downscale, background, **limit)
 
 
 def make_source(cfg: ml_collections.ConfigDict, split: str = "train", patch_size: int | None = None):

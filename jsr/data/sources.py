@@ -116,10 +116,13 @@ class FolderRecord:
     hr_size: tuple[int, int]  # after cropping to a multiple of the scale
 
 
-def check_hr_file(path: Path, scale: int, min_lr: int) -> tuple[str | None, tuple[int, int]]:
-    """(reason it is unusable or None, usable HR size) for an HR-only file; decodes it fully."""
+def check_hr_file(
+    path: Path, scale: int, min_lr: int, max_pixels: int | None = None
+) -> tuple[str | None, tuple[int, int]]:
+    """(reason it is unusable or None, usable HR size) for an HR-only file; decodes it fully (unless over
+    ``max_pixels``, default ``images.MAX_PIXELS``)."""
     try:
-        image = images.read_image(path)
+        image = images.read_image(path, max_pixels)
     except images.ImageReadError as e:
         return str(e).removeprefix(f"{path}: "), (0, 0)
     h, w = image.size
@@ -129,11 +132,13 @@ def check_hr_file(path: Path, scale: int, min_lr: int) -> tuple[str | None, tupl
     return None, (h, w)
 
 
-def check_pair_files(hr_path: Path, lr_path: Path, scale: int, min_lr: int) -> tuple[str | None, tuple[int, int]]:
+def check_pair_files(
+    hr_path: Path, lr_path: Path, scale: int, min_lr: int, max_pixels: int | None = None
+) -> tuple[str | None, tuple[int, int]]:
     """(reason the pair is unusable or None, HR size) for paired files; both decoded fully."""
     try:
-        hr = images.read_image(hr_path)
-        lr = images.read_image(lr_path)
+        hr = images.read_image(hr_path, max_pixels)
+        lr = images.read_image(lr_path, max_pixels)
     except images.ImageReadError as e:
         return str(e), (0, 0)
     (h, w), (lh, lw) = hr.size, lr.size
@@ -163,11 +168,13 @@ def scan_folder(
     min_lr: int = 0,
     skip_bad_files: bool = False,
     num_threads: int = 8,
+    max_pixels: int | None = None,
 ) -> tuple[list[FolderRecord], list[tuple[str, str]]]:
     """Check every file BEFORE training: (usable records, bad (path, reason)).
 
     Raises ``BadFilesError`` listing every bad file unless ``skip_bad_files``. 16-bit, grayscale, palette and
-    transparent images are usable (converted to 8-bit RGB; transparency composited on white).
+    transparent images are usable (converted to 8-bit RGB; transparency composited on white). Files over
+    ``max_pixels`` (default ``images.MAX_PIXELS``) and truncated ones are bad files.
     """
     hr_folder = Path(hr_folder)
     if not hr_folder.is_dir():
@@ -189,8 +196,8 @@ def scan_folder(
     def check(job):
         stem, hr_path, lr_path = job
         if lr_path is None:
-            return check_hr_file(hr_path, scale, min_lr)
-        return check_pair_files(hr_path, lr_path, scale, min_lr)
+            return check_hr_file(hr_path, scale, min_lr, max_pixels)
+        return check_pair_files(hr_path, lr_path, scale, min_lr, max_pixels)
 
     # Pillow releases the GIL while decoding, so threads check a large folder several times faster.
     with concurrent.futures.ThreadPoolExecutor(max(1, num_threads)) as pool:
@@ -218,11 +225,13 @@ class FolderSource:
         scale: int,
         downscale: str = "bicubic",
         background: tuple[float, float, float] = (1.0, 1.0, 1.0),
+        max_pixels: int | None = None,
     ):
         self.records = list(records)
         self.scale = scale
         self.downscale = downscale
         self.background = background
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.records)
@@ -232,11 +241,11 @@ class FolderSource:
 
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]
-        hr = to_rgb_uint8(images.read_image(record.hr_path), self.background)
+        hr = to_rgb_uint8(images.read_image(record.hr_path, self.max_pixels), self.background)
         if record.lr_path is None:
             hr, lr = make_pair(hr, self.scale, self.downscale)
         else:
-            lr = to_rgb_uint8(images.read_image(record.lr_path), self.background)
+            lr = to_rgb_uint8(images.read_image(record.lr_path, self.max_pixels), self.background)
         return {"hr": hr, "lr": lr, "id": record.id}
 
 

@@ -34,10 +34,15 @@ def pixel_shuffle(x: jnp.ndarray, r: int) -> jnp.ndarray:
     return x.reshape(n, h * r, w * r, c)
 
 
-def upsample_factors(scale: int) -> tuple[int, ...]:
-    """The source's rule: x4 is two x2 stages; any other scale is a single PixelShuffle(scale)."""
+def upsample_factors(scale: int, pow2_stages: bool = False) -> tuple[int, ...]:
+    """SRGAN-PyTorch's rule: x4 is two x2 stages, any other scale one PixelShuffle(scale); with ``pow2_stages``
+    (the SRGAN paper layout) log2(scale) x2 stages."""
     if scale < 2:
         raise ValueError(f"scale must be >= 2, got {scale}")
+    if pow2_stages:
+        if scale & (scale - 1):
+            raise ValueError(f"pow2_stages needs a power-of-two scale, got {scale}")
+        return (2,) * (scale.bit_length() - 1)
     return (2, 2) if scale == 4 else (scale,)
 
 
@@ -113,6 +118,11 @@ class Generator(nn.Module):
       bicubic_skip: learn the residual over a bicubic upscale of the input (BasicSR's MSRResNet idea; the output
         is then ``last_conv + bicubic`` without tanh). Off in the released layout; it trains much faster from
         scratch, which is what the CPU quickstart needs.
+      post_body: what follows the post-body conv: 'bn' (SRGAN-PyTorch) or 'prelu' (the SRGAN paper's layout as
+        leftthomas/SRGAN wrote it).
+      tail_kernel: the last conv's kernel (3 in SRGAN-PyTorch, 9 in the paper layout).
+      output_01: output (tanh + 1) / 2, i.e. images in [0, 1] (the paper layout) instead of tanh's [-1, 1].
+      pow2_stages: upsample in log2(scale) x2 stages for every power-of-two scale (the paper layout).
       dtype: compute dtype (parameters stay float32).
       conv: convolution path, 'xla' (``lax.conv_general_dilated``), 'fast' (``jsr.ops.conv.fast_conv``: the same
         forward, another weight-gradient formulation; reverse-mode only) or 'winograd' (``jsr.ops.winograd``: 3x3
@@ -129,17 +139,31 @@ class Generator(nn.Module):
     scale: int = 4
     channels: int = 3
     bicubic_skip: bool = False
+    post_body: str = "bn"
+    tail_kernel: int = 3
+    output_01: bool = False
+    pow2_stages: bool = False
     dtype: Any = jnp.float32
     conv: str = "xla"
+
+    @property
+    def value_range(self) -> tuple[float, float]:
+        return (0.0, 1.0) if self.output_01 else (-1.0, 1.0)
+
+    @property
+    def upsample_factors(self) -> tuple[int, ...]:
+        return upsample_factors(self.scale, self.pow2_stages)
 
     @property
     def receptive_radius(self) -> int:
         """LR pixels of context one output pixel depends on, in each direction (an upper bound).
 
-        conv01 (9x9) reaches 4, each residual block 2, conv02 1; every conv at or above LR resolution (one per
-        upsampler, then last_conv) reaches at most one more LR pixel once the HR grid is aligned to LR pixels.
+        conv01 (9x9) reaches 4, each residual block 2, conv02 1; every 3x3 conv above LR resolution (one per
+        upsampler) at most one more LR pixel once the HR grid is aligned to LR pixels, and last_conv
+        ceil(half its kernel / scale).
         """
-        return 4 + 2 * self.num_blocks + 1 + len(upsample_factors(self.scale)) + 1
+        last = -(-(self.tail_kernel // 2) // self.scale)
+        return 4 + 2 * self.num_blocks + 1 + len(self.upsample_factors) + last
 
     @nn.compact
     def __call__(self, x, train: bool = False, return_features: bool = False, valid_mask=None):
@@ -155,22 +179,25 @@ class Generator(nn.Module):
         for i in range(self.num_blocks):
             x = ResidualBlock(self.n_feats, self.dtype, self.conv, name=f"body_{i}")(x, train, mask)
         x = _MaskedConv(self.n_feats, 3, self.dtype, self.conv, name="conv02")(x, mask)
-        x = nn.BatchNorm(
-            use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=self.dtype, name="conv02_bn"
-        )(x)
+        if self.post_body == "prelu":
+            x = nn.PReLU(name="conv02_prelu", **prelu)(x)
+        else:
+            bn = dict(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=self.dtype, name="conv02_bn")
+            x = nn.BatchNorm(use_running_average=not train, **bn)(x)
         features = x + skip
         x = features
-        for j, r in enumerate(upsample_factors(self.scale)):
+        for j, r in enumerate(self.upsample_factors):
             x = _MaskedConv(self.n_feats * r * r, 3, self.dtype, self.conv, name=f"tail_{j}")(x, mask)
             x = pixel_shuffle(x, r)
             x = nn.PReLU(name=f"tail_{j}_prelu", **prelu)(x)
             if mask is not None:
                 mask = jnp.repeat(jnp.repeat(mask, r, axis=1), r, axis=2)
-        x = _MaskedConv(self.channels, 3, self.dtype, self.conv, name="last_conv")(x, mask)
+        x = _MaskedConv(self.channels, self.tail_kernel, self.dtype, self.conv, name="last_conv")(x, mask)
         if self.bicubic_skip:
             sr = x.astype(jnp.float32) + bicubic_upscale(image, self.scale, valid_mask)
         else:
             sr = jnp.tanh(x).astype(jnp.float32)
+            sr = (sr + 1.0) / 2.0 if self.output_01 else sr
         if return_features:
             return sr, features.astype(jnp.float32)
         return sr

@@ -1,0 +1,282 @@
+"""PAN (Zhao et al., "Efficient Image Super-Resolution Using Pixel Attention", 2020) in the layout of
+zhaohengyuan1/PAN's released weights (basicsr ``PAN_arch.py``): NHWC, images in [0, 1].
+
+conv_first, ``nb`` SCPA blocks (self-calibrated convolution with pixel attention), trunk_conv + global skip, one
+(x2, x3) or two (x4) nearest-upsampling stages [upconv, pixel attention, LReLU, HRconv, LReLU], conv_last, plus a
+bilinear upscale of the input. Everything is local, so tiles with ``receptive_radius`` of overlap stitch exactly.
+
+PAN's x2 and x3 checkpoints have the same keys and shapes (the scale lives only in the interpolation factor), so
+``detect`` cannot tell them apart: it returns ``scale=None`` for that layout unless given ``scale=``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jsr.archs import Architecture, StateDict, register
+from jsr.ops.conv import conv_function
+
+LRELU_SLOPE = 0.2
+SCALES = (2, 3, 4)
+ONE_STAGE_SCALES = (2, 3)
+
+
+# ----------------------------------------------------------------------------------------------- layers
+
+
+def masked_conv(x, mask, features: int, kernel: int, name: str, dtype, conv: str, bias: bool = True):
+    """A same-padded conv (created in the calling compact module) whose input is zeroed outside ``mask``.
+
+    Zeroed inputs make a zero-padded canvas compute what the network computes on the valid region alone; 1x1
+    convs read no neighbours, so they skip the multiply.
+    """
+    if mask is not None and kernel > 1:
+        x = x * mask.astype(x.dtype)
+    pad = kernel // 2
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        padding=((pad, pad), (pad, pad)),
+        use_bias=bias,
+        dtype=dtype,
+        conv_general_dilated=conv_function(conv),
+        name=name,
+    )(x)
+
+
+def nearest_upscale(x, r: int):
+    """F.interpolate(mode='nearest') by an integer factor: every pixel repeated r x r."""
+    return jnp.repeat(jnp.repeat(x, r, axis=1), r, axis=2)
+
+
+def bilinear_upscale(x, scale: int, valid_mask=None):
+    """F.interpolate(x, scale_factor=scale, mode='bilinear', align_corners=False) in NHWC.
+
+    jax.image.resize uses the same half-pixel source coordinates and, at an image border, renormalises the taps
+    that fall inside, which equals PyTorch's clamping of source indices to the image. With a rectangular mask the
+    taps renormalised over valid pixels are exactly the taps clamped to the valid rectangle (the kernel and the
+    mask are both separable), so a zero-padded canvas gives the unpadded result.
+    """
+    n, h, w, _ = x.shape
+    resize = lambda a: jax.image.resize(a, (n, h * scale, w * scale, a.shape[-1]), "bilinear")  # noqa: E731
+    if valid_mask is None:
+        return resize(x)
+    mask = valid_mask.astype(x.dtype)
+    weight = resize(mask)
+    inside = weight > 0
+    return jnp.where(inside, resize(x * mask) / jnp.where(inside, weight, 1.0), 0.0)
+
+
+def upscale_stages(scale: int | None) -> tuple[int, ...]:
+    """The source's rule: x4 is two x2 stages, x2 and x3 one stage."""
+    if scale not in SCALES:
+        hint = " (x2 and x3 checkpoints look the same: give the scale)" if scale is None else ""
+        raise ValueError(f"PAN supports scales {SCALES}, got {scale}{hint}")
+    return (2, 2) if scale == 4 else (scale,)
+
+
+def lr_radius(hr_radius: int, r: int) -> int:
+    """LR pixels that ``hr_radius`` pixels after a x``r`` nearest upsampling can reach: ceil(hr_radius / r)."""
+    return -(-hr_radius // r)
+
+
+class SCPA(nn.Module):
+    """Self-calibrated block: a 3x3 branch and a pixel-attention branch on halves of the channels, fused by a 1x1
+    conv, plus the identity."""
+
+    nf: int
+    dtype: Any = jnp.float32
+    conv: str = "xla"
+
+    @nn.compact
+    def __call__(self, x, mask=None):
+        half = self.nf // 2
+        conv = dict(dtype=self.dtype, conv=self.conv, bias=False)
+        a = nn.leaky_relu(masked_conv(x, mask, half, 1, "conv1_a", **conv), LRELU_SLOPE)
+        b = nn.leaky_relu(masked_conv(x, mask, half, 1, "conv1_b", **conv), LRELU_SLOPE)
+        a = nn.leaky_relu(masked_conv(a, mask, half, 3, "k1", **conv), LRELU_SLOPE)
+        attention = nn.sigmoid(masked_conv(b, mask, half, 1, "k2", self.dtype, self.conv))
+        b = masked_conv(b, mask, half, 3, "k3", **conv) * attention
+        b = nn.leaky_relu(masked_conv(b, mask, half, 3, "k4", **conv), LRELU_SLOPE)
+        return x + masked_conv(jnp.concatenate([a, b], axis=-1), mask, self.nf, 1, "conv3", **conv)
+
+
+class PAN(nn.Module):
+    """Pixel attention network.
+
+    Attributes: in_nc / out_nc image channels, nf body channels, unf reconstruction channels, nb SCPA blocks,
+    scale 2, 3 or 4, dtype the compute dtype (parameters stay float32), conv the convolution path
+    (``jsr.ops.conv.conv_function``).
+
+    ``__call__(x, train=False, valid_mask=None)``: NHWC images in [0, 1] -> the SR image (float32). ``valid_mask``
+    (N, H, W, 1) marks a rectangle of real pixels on a zero-padded canvas; the output's valid region then equals
+    running PAN on that rectangle alone (bilinear skip included).
+    """
+
+    in_nc: int = 3
+    out_nc: int = 3
+    nf: int = 40
+    unf: int = 24
+    nb: int = 16
+    scale: int | None = 4
+    dtype: Any = jnp.float32
+    conv: str = "xla"
+
+    @property
+    def receptive_radius(self) -> int:
+        """LR pixels of context per side: conv_first 1, each SCPA 2 (k3 then k4), trunk_conv 1; the three 3x3
+        convs after the last upsampling (upconv, HRconv, conv_last) reach ``lr_radius`` of 3 pixels back through
+        each stage, and an earlier stage's two convs add 2 at its resolution. The bilinear skip needs 1."""
+        hr = 1
+        for r in reversed(upscale_stages(self.scale)):
+            hr = lr_radius(hr + 2, r)
+        return 2 + 2 * self.nb + max(hr, 1)
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, valid_mask=None):
+        stages = upscale_stages(self.scale)
+        if x.ndim != 4 or x.shape[-1] != self.in_nc:
+            raise ValueError(f"PAN expects NHWC images with {self.in_nc} channels, got shape {x.shape}")
+        conv = dict(dtype=self.dtype, conv=self.conv)
+        mask = valid_mask
+        image = x.astype(jnp.float32)
+        fea = masked_conv(x.astype(self.dtype), mask, self.nf, 3, "conv_first", **conv)
+        trunk = fea
+        for i in range(self.nb):
+            trunk = SCPA(self.nf, self.dtype, self.conv, name=f"SCPA_trunk_{i}")(trunk, mask)
+        fea = fea + masked_conv(trunk, mask, self.nf, 3, "trunk_conv", **conv)
+        for j, r in enumerate(stages, start=1):
+            fea = nearest_upscale(fea, r)
+            mask = None if mask is None else nearest_upscale(mask, r)
+            fea = masked_conv(fea, mask, self.unf, 3, f"upconv{j}", **conv)
+            fea = fea * nn.sigmoid(masked_conv(fea, mask, self.unf, 1, f"att{j}", **conv))
+            fea = nn.leaky_relu(fea, LRELU_SLOPE)
+            fea = nn.leaky_relu(masked_conv(fea, mask, self.unf, 3, f"HRconv{j}", **conv), LRELU_SLOPE)
+        out = masked_conv(fea, mask, self.out_nc, 3, "conv_last", **conv)
+        return out.astype(jnp.float32) + bilinear_upscale(image, self.scale, valid_mask)
+
+
+# ---------------------------------------------------------------------------------------- state_dict mapping
+
+
+def shape_of(state_dict: Mapping[str, Any], key: str, ndim: int) -> tuple[int, ...] | None:
+    """The shape of ``state_dict[key]`` when it is an array of ``ndim`` dimensions, else None (never raises)."""
+    shape = getattr(state_dict.get(key), "shape", None)
+    if shape is None or len(shape) != ndim:
+        return None
+    return tuple(int(d) for d in shape)
+
+
+def count_indexed(state_dict: Mapping[str, Any], pattern: str, start: int) -> int:
+    """n when the keys matching ``pattern`` carry exactly the indices start .. start + n - 1 (its group), else 0."""
+    found = {int(m.group(1)) for k in state_dict if isinstance(k, str) and (m := re.fullmatch(pattern, k))}
+    return len(found) if found == set(range(start, start + len(found))) else 0
+
+
+def oihw_to_hwio(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(a).transpose(2, 3, 1, 0))
+
+
+Target = tuple[tuple[str, ...], tuple[int, ...], Callable[[np.ndarray], np.ndarray]]
+
+
+def conv_targets(key: str, path: tuple[str, ...], cin: int, cout: int, k: int, bias: bool = True) -> dict:
+    """torch Conv2d ``key`` -> Flax nn.Conv ``path`` (OIHW -> HWIO)."""
+    targets = {f"{key}.weight": ((*path, "kernel"), (cout, cin, k, k), oihw_to_hwio)}
+    if bias:
+        targets[f"{key}.bias"] = ((*path, "bias"), (cout,), np.asarray)
+    return targets
+
+
+def map_targets(state_dict: StateDict, targets: dict[str, Target], what: str) -> dict:
+    """{'params': ...} from ``targets``; ValueError naming the first missing, unexpected or misshapen key."""
+    missing = [k for k in targets if k not in state_dict]
+    if missing:
+        raise ValueError(f"{what}: missing key {missing[0]!r} (expected shape {targets[missing[0]][1]})")
+    unexpected = [k for k in state_dict if k not in targets and not k.endswith(".num_batches_tracked")]
+    if unexpected:
+        shape = getattr(state_dict[unexpected[0]], "shape", None)
+        raise ValueError(f"{what}: unexpected key {unexpected[0]!r} (shape {shape})")
+    params: dict = {}
+    for key, (path, shape, transform) in targets.items():
+        got = tuple(state_dict[key].shape)
+        if got != shape:
+            raise ValueError(f"{what}: {key!r} has shape {got}, expected {shape}")
+        tree = params
+        for name in path[:-1]:
+            tree = tree.setdefault(name, {})
+        tree[path[-1]] = transform(state_dict[key]).astype(np.float32)
+    return {"params": params}
+
+
+def _scale_from_layout(two_stages: bool, scale: int | None) -> int | None:
+    if two_stages:
+        if scale not in (None, 4):
+            raise ValueError(f"PAN: this checkpoint has two upsampling stages (x4), not x{scale}")
+        return 4
+    if scale is not None and scale not in ONE_STAGE_SCALES:
+        raise ValueError(f"PAN: this checkpoint has one upsampling stage (x2 or x3), not x{scale}")
+    return scale
+
+
+def detect(state_dict: StateDict, scale: int | None = None) -> dict[str, Any] | None:
+    """PAN's constructor arguments, or None for another family. One-stage checkpoints are x2 or x3 alike: their
+    scale is ``scale`` when given, else None (to be supplied before building)."""
+    first = shape_of(state_dict, "conv_first.weight", 4)
+    up = shape_of(state_dict, "upconv1.weight", 4)
+    last = shape_of(state_dict, "conv_last.weight", 4)
+    nb = count_indexed(state_dict, r"SCPA_trunk\.(\d+)\.conv1_a\.weight", 0)
+    if first is None or up is None or last is None or nb <= 0 or shape_of(state_dict, "att1.conv.weight", 4) is None:
+        return None
+    two_stages = "upconv2.weight" in state_dict
+    config = dict(in_nc=first[1], out_nc=last[0], nf=first[0], unf=up[0], nb=nb)
+    return config | {"scale": _scale_from_layout(two_stages, scale)}
+
+
+def pan_targets(in_nc: int, out_nc: int, nf: int, unf: int, nb: int, scale: int | None) -> dict[str, Target]:
+    half = nf // 2
+    t = conv_targets("conv_first", ("conv_first",), in_nc, nf, 3)
+    for i in range(nb):
+        p, q = f"SCPA_trunk.{i}", (f"SCPA_trunk_{i}",)
+        t |= conv_targets(f"{p}.conv1_a", (*q, "conv1_a"), nf, half, 1, bias=False)
+        t |= conv_targets(f"{p}.conv1_b", (*q, "conv1_b"), nf, half, 1, bias=False)
+        t |= conv_targets(f"{p}.k1.0", (*q, "k1"), half, half, 3, bias=False)
+        t |= conv_targets(f"{p}.PAConv.k2", (*q, "k2"), half, half, 1)
+        t |= conv_targets(f"{p}.PAConv.k3", (*q, "k3"), half, half, 3, bias=False)
+        t |= conv_targets(f"{p}.PAConv.k4", (*q, "k4"), half, half, 3, bias=False)
+        t |= conv_targets(f"{p}.conv3", (*q, "conv3"), 2 * half, nf, 1, bias=False)
+    t |= conv_targets("trunk_conv", ("trunk_conv",), nf, nf, 3)
+    cin = nf
+    for j in range(1, len(upscale_stages(4 if scale == 4 else 2)) + 1):  # x2 and x3 map alike
+        t |= conv_targets(f"upconv{j}", (f"upconv{j}",), cin, unf, 3)
+        t |= conv_targets(f"att{j}.conv", (f"att{j}",), unf, unf, 1)
+        t |= conv_targets(f"HRconv{j}", (f"HRconv{j}",), unf, unf, 3)
+        cin = unf
+    return t | conv_targets("conv_last", ("conv_last",), unf, out_nc, 3)
+
+
+def to_flax(state_dict: StateDict, config: dict[str, Any]) -> dict:
+    """Flax variables ({'params': ...}, float32 numpy) of the PAN ``config`` from a PyTorch state_dict."""
+    names = ("in_nc", "out_nc", "nf", "unf", "nb", "scale")
+    return map_targets(state_dict, pan_targets(**{n: config[n] for n in names}), f"PAN {config}")
+
+
+ARCH = register(
+    Architecture(
+        name="pan",
+        module=PAN,
+        role="generator",
+        detect=detect,
+        to_flax=to_flax,
+        signature_keys=("conv_first.weight", "SCPA_trunk.0.conv1_a.weight", "upconv1.weight", "att1.conv.weight"),
+        value_range=(0.0, 1.0),
+        exact_tiling=True,
+    )
+)
