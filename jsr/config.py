@@ -57,7 +57,11 @@ def base_config() -> ml_collections.ConfigDict:
     # weight gradients (faster CPU training; reverse mode only, so not Delta-STN), 'xla' = XLA's own, 'auto' = 'fast'
     # on CPU unless Delta-STN is on, 'xla' on GPU/TPU; 'winograd' (jsr.ops.winograd, equal to ~1e-5) is for CPU
     # inference: training through it was slower (SRResNet fwd + bwd at batch 16 x 24: 879 vs 814 ms with 'fast')
-    c.model = ml_collections.ConfigDict({"n_feats": 64, "num_blocks": 16, "bicubic_skip": False, "conv": "auto"})
+    # arch: '' = the architecture of init_from (any registered one, with its own constructor arguments), or
+    # srresnet built from n_feats / num_blocks / bicubic_skip when training from scratch
+    c.model = ml_collections.ConfigDict(
+        {"arch": "", "n_feats": 64, "num_blocks": 16, "bicubic_skip": False, "conv": "auto"}
+    )
     c.discriminator = ml_collections.ConfigDict({"n_feats": 64, "patch_size": 0})  # 0: scale x data.patch_size
     c.loss = ml_collections.ConfigDict(
         {

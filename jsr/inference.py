@@ -23,12 +23,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jsr import parallel
-from jsr.models import Generator
+from jsr import archs, parallel
 from jsr.ops.conv import CONV_PATHS
 
 DEFAULT_TILE = 256  # LR pixels; images whose sides fit in one tile window run whole
 DEFAULT_BUCKET = 64  # whole images are padded up to a multiple of this, bounding the number of compiles
+INEXACT_OVERLAP = 16  # LR context per tile side for networks with global operations (their tiles are approximate)
 
 
 def _round_up(x: int, m: int) -> int:
@@ -68,7 +68,7 @@ class Upscaler:
 
     def __init__(
         self,
-        module: Generator,
+        module: Any,
         variables: Any,
         tile: int | None = None,
         overlap: int | None = None,
@@ -78,8 +78,9 @@ class Upscaler:
         tile_batch: int | None = None,
         conv: str = "auto",
     ):
-        if not isinstance(module, Generator):
-            raise TypeError(f"Upscaler needs a Generator, got {type(module).__name__}")
+        arch = archs.architecture_of(module)
+        if arch.role != "generator":
+            raise TypeError(f"Upscaler needs a generator, got a {arch.role} ({arch.name})")
         self.mesh = mesh or parallel.make_mesh(jax.local_devices())
         if conv == "auto":
             on_cpu = self.mesh.devices.flat[0].platform == "cpu"
@@ -90,7 +91,8 @@ class Upscaler:
         self.module = module
         self.scale = module.scale
         self.tile = int(tile or DEFAULT_TILE)
-        self.overlap = module.receptive_radius if overlap is None else int(overlap)
+        self.radius = module.receptive_radius if arch.exact_tiling else None  # None: tiles are never exact
+        self.overlap = (self.radius or INEXACT_OVERLAP) if overlap is None else int(overlap)
         if self.tile < 1 or self.overlap < 0:
             raise ValueError(f"tile must be >= 1 and overlap >= 0, got tile={tile} overlap={overlap}")
         self.bucket = bucket
@@ -105,8 +107,8 @@ class Upscaler:
 
         def run(variables, canvases, bounds, crop, as_uint8):
             mask = valid_mask(bounds, *canvases.shape[1:3])
-            sr = module.apply(variables, canvases * 2.0 - 1.0, valid_mask=mask)
-            sr = jnp.clip((sr + 1.0) / 2.0, 0.0, 1.0)
+            sr = module.apply(variables, archs.to_model_range(module, canvases), valid_mask=mask)
+            sr = jnp.clip(archs.from_model_range(module, sr), 0.0, 1.0)
             if crop is not None:  # (start, size) of the square core every piece keeps
                 sr = sr[:, crop[0] : crop[0] + crop[1], crop[0] : crop[0] + crop[1]]
             return quantise(sr) if as_uint8 else sr
@@ -124,7 +126,7 @@ class Upscaler:
     @property
     def exact(self) -> bool:
         """Whether tiles stitch exactly (overlap covers the receptive field)."""
-        return self.overlap >= self.module.receptive_radius
+        return self.radius is not None and self.overlap >= self.radius
 
     def _dispatch(
         self, canvases: np.ndarray, bounds: np.ndarray, crop=None, as_uint8: bool = False, pad_to: int = 1

@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jsr import checkpoints, images, losses, metrics, parallel
+from jsr import archs, atomic, checkpoints, images, losses, metrics, parallel
 from jsr import data as jdata
 from jsr import workdir as workdirs
 from jsr.errors import USAGE, RunFailure, UserError, run_cli
@@ -84,16 +84,52 @@ def conv_path(config: ml_collections.ConfigDict) -> str:
         raise TrainingError(f"config.model.{e}") from e
 
 
+@dataclasses.dataclass(frozen=True)
+class GeneratorSpec:
+    """What generator a run trains: a registered architecture and its constructor arguments (jsr_model.json)."""
+
+    arch: str
+    config: dict[str, Any]
+
+
+def generator_spec(config: ml_collections.ConfigDict) -> GeneratorSpec:
+    """config.model.arch '' takes init_from's architecture and arguments; srresnet is built from config.model."""
+    arch = config.model.get("arch", "")
+    if config.init_from and arch in ("", None):
+        try:
+            description = checkpoints.read_description(config.init_from)
+        except checkpoints.ModelFileError as e:
+            raise TrainingError(f"config.init_from: {e}") from e
+        name = archs.resolve(description.get("arch", description["kind"])).name
+        if name != "srresnet":
+            spec = GeneratorSpec(name, dict(description["config"]))
+            if spec.config.get("scale", config.data.scale) != config.data.scale:
+                raise TrainingError(
+                    f"config.init_from is a x{spec.config['scale']} {name}, but config.data.scale is "
+                    f"{config.data.scale}; set them equal"
+                )
+            return spec
+    if arch not in ("", None, "srresnet"):
+        raise TrainingError(
+            f"config.model.arch={arch!r}: architectures other than srresnet are trained from a converted or "
+            "trained model: set config.init_from to its directory (and leave config.model.arch empty)"
+        )
+    m = config.model
+    return GeneratorSpec(
+        "srresnet",
+        {
+            "n_feats": m.n_feats,
+            "num_blocks": m.num_blocks,
+            "scale": config.data.scale,
+            "channels": 3,
+            "bicubic_skip": bool(m.get("bicubic_skip", False)),
+        },
+    )
+
+
 def generator_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Constructor arguments of the generator (what ``jsr_model.json`` records)."""
-    m = config.model
-    return {
-        "n_feats": m.n_feats,
-        "num_blocks": m.num_blocks,
-        "scale": config.data.scale,
-        "channels": 3,
-        "bicubic_skip": bool(m.get("bicubic_skip", False)),
-    }
+    return generator_spec(config).config
 
 
 def discriminator_patch(config: ml_collections.ConfigDict) -> int:
@@ -142,6 +178,8 @@ def init_generator_variables(config, generator: Generator, rng) -> dict:
         ) from e
     want = generator_config(config)
     got = {k: getattr(source, k, None) for k in want}
+    if not isinstance(source, type(generator)):
+        got = {"architecture": type(source).__name__}
     if got != want:
         raise TrainingError(
             f"config.init_from={config.init_from} is a generator with {got}, but the "
@@ -167,7 +205,7 @@ def initial_state(config, generator, discriminator, tx_g, tx_d) -> TrainState:
         step=jnp.zeros((), jnp.int32),
         rng=rng,
         g_params=g_vars["params"],
-        g_batch_stats=g_vars["batch_stats"],
+        g_batch_stats=g_vars.get("batch_stats", {}),
         g_opt_state=tx_g.init(g_vars["params"]),
         d_params=d_params,
         d_batch_stats=d_stats,
@@ -198,12 +236,16 @@ def make_steps(config, generator, discriminator, vgg_module, tx_g, tx_d, g_bn_tr
             hr, lr = jdata.augment_batch(rng, hr, lr, aug_params, scale=scale, mode=aug.mode, fill=fill)
         return lr * 2.0 - 1.0, hr * 2.0 - 1.0
 
+    model_range = archs.value_range(generator)
+
     def g_forward(params, batch_stats, lr):
+        """lr and the SR image in [-1, 1], whatever range the architecture works in."""
         variables = {"params": params, "batch_stats": batch_stats}
-        if g_bn_train:
+        lr = archs.convert_range(lr, (-1.0, 1.0), model_range)
+        if g_bn_train and batch_stats:
             sr, updates = generator.apply(variables, lr, train=True, mutable=["batch_stats"])
-            return sr, updates["batch_stats"]
-        return generator.apply(variables, lr, train=False), batch_stats
+            return archs.convert_range(sr, model_range, (-1.0, 1.0)), updates["batch_stats"]
+        return archs.convert_range(generator.apply(variables, lr, train=False), model_range, (-1.0, 1.0)), batch_stats
 
     def d_apply(params, batch_stats, x):
         logits, updates = discriminator.apply(
@@ -376,9 +418,10 @@ class Method:
     plateau: Plateau | None = None
 
 
-def build_generator(config: ml_collections.ConfigDict) -> Generator:
+def build_generator(config: ml_collections.ConfigDict):
     # conv is how to compute, not what: it stays out of generator_config (jsr_model.json)
-    return Generator(**generator_config(config), dtype=compute_dtype(config), conv=conv_path(config))
+    spec = generator_spec(config)
+    return archs.get(spec.arch).build(spec.config | {"dtype": compute_dtype(config), "conv": conv_path(config)})
 
 
 @dataclasses.dataclass
@@ -534,6 +577,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, primary: bool) -> d
         parallel.check_batch_size(config.batch_size, mesh)
     except ValueError as e:
         raise TrainingError(f"config.{e}") from None
+    spec = generator_spec(config)
     generator = build_generator(config)
 
     # The method (plain or Delta-STN) owns its state, steps and batches.
@@ -561,11 +605,11 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, primary: bool) -> d
     logger = MetricLogger(workdir, enabled=primary, total_steps=config.num_train_steps, resume_step=step)
     if primary:
         workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+        atomic.write_text(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
         checkpoints.write_description(
             workdir,
-            "generator",
-            generator_config(config),
+            spec.arch,
+            spec.config,
             {"stage": config.stage, "training_config": "config.json", "generator_in_state": method.generator_in_state},
         )
         logger.note(
@@ -619,8 +663,8 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, primary: bool) -> d
                     if primary and jax.process_count() == 1:
                         checkpoints.save_model(
                             workdir / "best",
-                            "generator",
-                            generator_config(config),
+                            spec.arch,
+                            spec.config,
                             parallel.local_copy(method.generator_variables(state)),
                             metadata={"step": step, **scores},
                             overwrite=True,

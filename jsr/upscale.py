@@ -202,10 +202,16 @@ def _run(args: argparse.Namespace, background) -> int:
     upscaler = Upscaler(module, variables, conv=module.conv if args.conv == "auto" else args.conv, **options)
     if args.conv == "auto" and pays_for_winograd(upscaler, [input_size(source, args.max_pixels) for source, _ in jobs]):
         upscaler = Upscaler(module, variables, conv="auto", **options)  # Winograd on a CPU
-    if not upscaler.exact:
+    if upscaler.radius is None:
+        print(
+            "note: this network has global operations: images larger than one tile are tiled approximately "
+            "(see README, Upscale)",
+            file=sys.stderr,
+        )
+    elif not upscaler.exact:
         print(
             f"warning: --overlap {upscaler.overlap} is below the receptive radius "
-            f"{module.receptive_radius}: tile seams may differ from an untiled run",
+            f"{upscaler.radius}: tile seams may differ from an untiled run",
             file=sys.stderr,
         )
 

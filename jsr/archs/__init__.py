@@ -114,6 +114,14 @@ def value_range(module: Any) -> tuple[float, float]:
     return tuple(getattr(module, "value_range", None) or architecture_of(module).value_range)
 
 
+def convert_range(x, source: tuple[float, float], target: tuple[float, float]):
+    """Images in the range ``source`` -> ``target`` (untouched when they are the same)."""
+    if tuple(source) == tuple(target):
+        return x
+    (a, b), (c, d) = source, target
+    return (x - a) * ((d - c) / (b - a)) + c
+
+
 def to_model_range(module: Any, x01):
     lo, hi = value_range(module)
     return x01 if (lo, hi) == (0.0, 1.0) else x01 * (hi - lo) + lo
