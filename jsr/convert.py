@@ -256,9 +256,15 @@ def convert_file(kind: str | None, input_path: str | Path, output_dir: str | Pat
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="convert_torch_weights.py",
-        description="Convert SRGAN-PyTorch generator/discriminator or torchvision VGG19 weights to a jsr model "
-        "directory (Orbax checkpoint + jsr_model.json).",
+        prog="jsr-convert",
+        description="Convert a PyTorch checkpoint (.pt/.pth, zip or legacy; .safetensors) to a jsr model directory "
+        "(Orbax checkpoint + jsr_model.json). The architecture is detected from the tensors: "
+        + ", ".join(sorted(archs.REGISTRY))
+        + ".",
+        epilog="examples:\n  jsr-convert --input SRGAN.pt --output weights/srgan\n"
+        "  jsr-convert --input netG_epoch_4_100.pth --output weights/srgan-paper-x4\n"
+        "  jsr-convert --model vgg19 --input vgg19-dcbb9e9d.pth --output weights/vgg19",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     names = sorted(set(archs.REGISTRY) | set(archs.LEGACY_KINDS))
     parser.add_argument(

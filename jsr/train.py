@@ -707,11 +707,28 @@ def plot_hyperparameters(workdir: Path) -> Path:
 # ------------------------------------------------------------------------------------------------ entry point
 
 
+HELP = """usage: jsr-train --config=CONFIG.py[:VARIANT] --workdir=DIR [--config.FIELD=VALUE ...]
+
+Train (or resume) a super-resolution generator; DIR holds checkpoints/, best/, metrics.jsonl, tensorboard/.
+
+examples:
+  jsr-train --config=configs/quickstart.py --workdir=runs/quickstart
+  jsr-train --config=configs/pokemon.py:tiny --workdir=runs/t --config.num_train_steps=20 --config.batch_size=8
+  jsr-train --config=configs/quickstart.py --workdir=runs/ft --config.init_from=weights/srgan \\
+      --config.data.source=folder --config.data.folder=photos/ "--config.optim.trainable=('tail|last_conv',)"
+
+Every field and its default: jsr/config.py. An unknown field is an error. Exit codes: 0 done, 1 the run failed
+(e.g. diverged), 2 bad usage or input (config, data, workdir in use)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     from absl import flags, logging
     from ml_collections import config_flags
 
     argv = sys.argv if argv is None else argv
+    if any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv[1:]):
+        print(HELP)
+        return 0
     flags.DEFINE_string("workdir", None, "directory for checkpoints, logs and the config (resumes if present)")
     config_flags.DEFINE_config_file("config", None, "a configs/*.py file", lock_config=True)
     flags.mark_flags_as_required(["config", "workdir"])
