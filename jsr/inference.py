@@ -81,6 +81,8 @@ class Upscaler:
         arch = archs.architecture_of(module)
         if arch.role != "generator":
             raise TypeError(f"Upscaler needs a generator, got a {arch.role} ({arch.name})")
+        if arch.colour != "rgb":
+            raise NotImplementedError(f"{arch.name} sees only luma; the Upscaler runs RGB networks only")
         self.mesh = mesh or parallel.make_mesh(jax.local_devices())
         if conv == "auto":
             on_cpu = self.mesh.devices.flat[0].platform == "cpu"

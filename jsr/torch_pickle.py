@@ -86,6 +86,9 @@ _TORCH_DTYPES = {
     "short": np.int16,
     "int8": np.int8,
     "uint8": np.uint8,
+    "uint16": np.uint16,
+    "uint32": np.uint32,
+    "uint64": np.uint64,
     "bool": np.bool_,
     "complex64": np.complex64,
     "cfloat": np.complex64,
@@ -184,7 +187,9 @@ def _view(storage: Any, offset: Any, size: Any, stride: Any, dtype: np.dtype | N
             f"{storage.key!r} of {buf.size} elements"
         )
     strides = tuple(s * buf.itemsize for s in stride)
-    return np.lib.stride_tricks.as_strided(buf[offset:], shape=size, strides=strides)
+    # The bytes as buffer: as_strided goes through __array_interface__, which loses ml_dtypes' dtypes.
+    raw = buf.view(np.uint8)
+    return np.ndarray(size, buf.dtype, buffer=raw, offset=offset * buf.itemsize, strides=strides)
 
 
 def _with_metadata(array: np.ndarray, metadata: Any) -> np.ndarray:
@@ -209,7 +214,7 @@ def _rebuild_tensor_v3(
     storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype, metadata=None
 ) -> np.ndarray:
     if not isinstance(dtype, np.dtype):
-        raise TorchPickleError(f"a tensor's dtype is {dtype!r}")
+        raise TorchPickleError(f"unsupported tensor dtype {getattr(dtype, 'standin_global', dtype)}")
     return _with_metadata(_view(storage, storage_offset, size, stride, dtype), metadata)
 
 
@@ -460,6 +465,14 @@ def _record_state(obj: StandIn, state: Any) -> None:
     obj.__dict__["standin_state"] = state
 
 
+def _recorded(obj: StandIn, name: str, kind: type) -> Any:
+    # Always a fresh list / OrderedDict of ours, whatever the pickle's state put under that name.
+    value = obj.__dict__.get(name)
+    if type(value) is not kind:
+        value = obj.__dict__[name] = kind()
+    return value
+
+
 def _display_name(name: str) -> str:
     module, _, attr = name.rpartition(".")
     if module in ("posix", "nt"):  # how os.system and friends are spelled inside a pickle
@@ -553,10 +566,10 @@ class _InertUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its opco
         self._instantiate(args.pop(0), args)
 
     def _instantiate(self, cls: Any, args: list) -> None:
-        # Protocol 0/1 spelling of cls(*args): only inert stand-ins are made, without calling anything.
-        if not _is_standin_class(cls):
+        # Protocol 0/1 spelling of cls(*args), or cls.__new__(cls) without arguments: only the latter is inert.
+        if args or not _is_standin_class(cls):
             raise _refusal(cls)
-        self.append(_new_standin(cls, tuple(args)))
+        self.append(_new_standin(cls, ()))
 
     def load_build(self) -> None:
         state = self.stack.pop()
@@ -587,7 +600,7 @@ class _InertUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its opco
         if type(target) is list:
             target.extend(items)
         elif isinstance(target, StandIn):
-            target.__dict__.setdefault("standin_list", []).extend(items)
+            _recorded(target, "standin_list", list).extend(items)
         else:
             raise RefusedPickle(f"refused: the pickle would append to {target!r:.80}")
 
@@ -605,7 +618,7 @@ class _InertUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its opco
         if type(target) in (dict, OrderedDict, Counter):
             pass
         elif isinstance(target, StandIn):
-            target = target.__dict__.setdefault("standin_items", OrderedDict())
+            target = _recorded(target, "standin_items", OrderedDict)
         else:
             raise RefusedPickle(f"refused: the pickle would set items of {target!r:.80}")
         for i in range(0, len(items) - 1, 2):
@@ -618,7 +631,9 @@ class _InertUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its opco
             raise RefusedPickle(f"refused: the pickle would add items to {target!r:.80}")
         target.update(items)
 
-    dispatch = _Opcodes({getattr(pickle, op)[0]: pickle._Unpickler.dispatch[getattr(pickle, op)[0]] for op in _DATA_OPCODES})
+    dispatch = _Opcodes(
+        {getattr(pickle, op)[0]: pickle._Unpickler.dispatch[getattr(pickle, op)[0]] for op in _DATA_OPCODES}
+    )
     for _op, _fn in (
         ("REDUCE", load_reduce),
         ("NEWOBJ", load_newobj),
@@ -718,7 +733,9 @@ class _LegacyStorages(_Storages):
         _, storage_type, key, _location, numel, view = pid
         dtype = self._dtype(storage_type)
         if not 0 <= numel * dtype.itemsize <= self.file_size:
-            raise TorchPickleError(f"storage {key!r} of {numel} elements cannot fit in a {self.file_size}-byte file")
+            raise TorchPickleError(
+                f"truncated or damaged: storage {key!r} of {numel} elements exceeds the {self.file_size}-byte file"
+            )
         root = self._known(key, dtype, numel)
         if root is None:
             root = self.by_key[key] = _Storage(key, np.zeros(numel, dtype), False)
@@ -760,7 +777,9 @@ class _LegacyStorages(_Storages):
             raise TorchPickleError(f"truncated: the file ends before storage {storage.key!r}")
         (count,) = struct.unpack("<q", header)
         if count != storage.data.size:
-            raise TorchPickleError(f"storage {storage.key!r} holds {count} elements, the pickle says {storage.data.size}")
+            raise TorchPickleError(
+                f"storage {storage.key!r} holds {count} elements, the pickle says {storage.data.size}"
+            )
         raw = storage.data.view(np.uint8)
         if file.readinto(raw) != raw.size:
             raise TorchPickleError(f"truncated: the file ends inside storage {storage.key!r}")

@@ -132,4 +132,5 @@ def from_model_range(module: Any, y):
     return y if (lo, hi) == (0.0, 1.0) else (y - lo) / (hi - lo)
 
 
-from jsr.archs import srgan_discriminator, srresnet, vgg19  # noqa: E402, F401  (the built-in architectures)
+# the built-in architectures
+from jsr.archs import compact, fsrcnn, srgan_discriminator, srresnet, vdsr, vgg19  # noqa: E402, F401, I001
