@@ -213,7 +213,8 @@ def _root_cause(e: BaseException) -> str:
 def abstract_variables(module: nn.Module) -> dict:
     """Shapes and dtypes of the variables ``module.init`` creates, without computing any."""
     side = getattr(module, "patch_size", 16)  # the discriminator's dense head depends on its input side
-    x = jax.ShapeDtypeStruct((1, side, side, getattr(module, "channels", 3)), jnp.float32)
+    channels = 1 if archs.architecture_of(module).colour == "y" else getattr(module, "channels", 3)
+    x = jax.ShapeDtypeStruct((1, side, side, channels), jnp.float32)
     return dict(jax.eval_shape(module.init, jax.random.PRNGKey(0), x))
 
 

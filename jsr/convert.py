@@ -1,8 +1,9 @@
 """Conversion of PyTorch state_dicts into jsr model directories: the architecture and its constructor arguments are
 detected from the tensors' names and shapes (``jsr.archs``), then mapped by that architecture's own table.
 
-Reading is safe by construction: ``.pt``/``.pth`` go through ``torch.load(weights_only=True)`` (zip and
-legacy formats), which refuses any pickle that would call a function; ``.safetensors`` holds no code at all.
+Reading is safe by construction and needs no PyTorch: ``.pt``/``.pth`` (zip and legacy formats) go through
+``jsr.torch_pickle``, which rebuilds only tensors and containers and refuses any pickle that would call a function;
+``.safetensors`` holds no code at all.
 The mapping itself is numpy only. Every mismatch is reported with the key and both shapes, and nothing is
 written unless the whole conversion succeeded (``jsr.checkpoints.save_model`` is atomic).
 """
@@ -11,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import re
 import sys
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -57,38 +56,30 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
         raise ConversionError(f"{path}: not a valid .safetensors file ({e})") from e
 
 
-def _read_torch(path: Path) -> dict[str, Any]:
-    try:
-        import torch
-    except ImportError as e:
-        raise ConversionError(
-            f"{path}: reading .pt/.pth files needs PyTorch; install the extra with `pip install 'jsr[convert]'` "
-            "(or convert the file to .safetensors elsewhere)"
-        ) from e
-    import pickle
+def _read_torch(path: Path) -> Any:
+    """A .pt/.pth file's contents through ``jsr.torch_pickle``: no PyTorch needed, nothing a pickle names is imported
+    or called; a pickled nn.Module (old full-module files) yields its state_dict."""
+    from jsr.torch_pickle import RefusedPickle, StandIn, TorchPickleError, load, state_dict_of
 
-    if path.stat().st_size == 0:
-        raise ConversionError(f"{path}: not a PyTorch checkpoint (the file is empty)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # protocol-version chatter from old files
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        blocked = re.search(r"GLOBAL ([\w.]+)", str(e))
-        if blocked:
-            raise ConversionError(
-                f"{path}: refused to load: the pickle would call {blocked.group(1)}, i.e. run code. "
-                "Nothing was executed. Only plain tensor checkpoints (state_dicts) are accepted."
-            ) from None
-        raise ConversionError(f"{path}: not a PyTorch checkpoint (the pickle holds more than tensors)") from None
-    except Exception as e:
-        raise ConversionError(f"{path}: not a PyTorch checkpoint ({type(e).__name__}: {e})") from None
+        obj = load(path)
+    except RefusedPickle as e:
+        raise ConversionError(f"{e}. Only plain tensor checkpoints (state_dicts) are accepted.") from None
+    except TorchPickleError as e:
+        raise ConversionError(str(e)) from None
+    if isinstance(obj, StandIn):
+        return state_dict_of(obj)
+    if isinstance(obj, Mapping):  # {'epoch': ..., 'model': <nn.Module>}: the module's tensors
+        return {
+            k: state_dict_of(v) if isinstance(v, StandIn) and "_parameters" in vars(v) else v for k, v in obj.items()
+        }
     return obj
 
 
 def _to_numpy(value: Any) -> np.ndarray:
     if isinstance(value, np.ndarray):
-        return value
+        # float16 and ml_dtypes' bfloat16 / float8 (numpy kind 'V') are read as float32
+        return value.astype(np.float32) if value.dtype == np.float16 or value.dtype.kind == "V" else value
     # torch tensors: bfloat16/half have no numpy twin we want; upcast floats to float32 first.
     if value.is_floating_point():
         value = value.float()

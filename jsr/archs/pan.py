@@ -11,17 +11,15 @@ PAN's x2 and x3 checkpoints have the same keys and shapes (the scale lives only 
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jsr.archs import Architecture, StateDict, register
-from jsr.ops.conv import conv_function
+from jsr.archs.compact import MaskedConv, indices, nearest_upsample, shape_of
+from jsr.archs.mapping import Target, conv, from_targets
 
 LRELU_SLOPE = 0.2
 SCALES = (2, 3, 4)
@@ -32,28 +30,9 @@ ONE_STAGE_SCALES = (2, 3)
 
 
 def masked_conv(x, mask, features: int, kernel: int, name: str, dtype, conv: str, bias: bool = True):
-    """A same-padded conv (created in the calling compact module) whose input is zeroed outside ``mask``.
-
-    Zeroed inputs make a zero-padded canvas compute what the network computes on the valid region alone; 1x1
-    convs read no neighbours, so they skip the multiply.
-    """
-    if mask is not None and kernel > 1:
-        x = x * mask.astype(x.dtype)
-    pad = kernel // 2
-    return nn.Conv(
-        features,
-        (kernel, kernel),
-        padding=((pad, pad), (pad, pad)),
-        use_bias=bias,
-        dtype=dtype,
-        conv_general_dilated=conv_function(conv),
-        name=name,
-    )(x)
-
-
-def nearest_upscale(x, r: int):
-    """F.interpolate(mode='nearest') by an integer factor: every pixel repeated r x r."""
-    return jnp.repeat(jnp.repeat(x, r, axis=1), r, axis=2)
+    """A ``MaskedConv`` (torch's default init) named ``name``; 1x1 convs read no neighbours, so they skip the mask."""
+    layer = MaskedConv(features, kernel, use_bias=bias, dtype=dtype, conv=conv, name=name)
+    return layer(x, mask if kernel > 1 else None)
 
 
 def bilinear_upscale(x, scale: int, valid_mask=None):
@@ -153,8 +132,8 @@ class PAN(nn.Module):
             trunk = SCPA(self.nf, self.dtype, self.conv, name=f"SCPA_trunk_{i}")(trunk, mask)
         fea = fea + masked_conv(trunk, mask, self.nf, 3, "trunk_conv", **conv)
         for j, r in enumerate(stages, start=1):
-            fea = nearest_upscale(fea, r)
-            mask = None if mask is None else nearest_upscale(mask, r)
+            fea = nearest_upsample(fea, r)
+            mask = None if mask is None else nearest_upsample(mask, r)
             fea = masked_conv(fea, mask, self.unf, 3, f"upconv{j}", **conv)
             fea = fea * nn.sigmoid(masked_conv(fea, mask, self.unf, 1, f"att{j}", **conv))
             fea = nn.leaky_relu(fea, LRELU_SLOPE)
@@ -166,54 +145,15 @@ class PAN(nn.Module):
 # ---------------------------------------------------------------------------------------- state_dict mapping
 
 
-def shape_of(state_dict: Mapping[str, Any], key: str, ndim: int) -> tuple[int, ...] | None:
-    """The shape of ``state_dict[key]`` when it is an array of ``ndim`` dimensions, else None (never raises)."""
-    shape = getattr(state_dict.get(key), "shape", None)
-    if shape is None or len(shape) != ndim:
-        return None
-    return tuple(int(d) for d in shape)
+def array_shape(state: StateDict, key: str, ndim: int) -> tuple[int, ...] | None:
+    """``state[key]``'s shape when it is an array of ``ndim`` dimensions, else None (detect must not raise)."""
+    shape = shape_of(state, key)
+    return shape if shape is not None and len(shape) == ndim else None
 
 
-def count_indexed(state_dict: Mapping[str, Any], pattern: str, start: int) -> int:
-    """n when the keys matching ``pattern`` carry exactly the indices start .. start + n - 1 (its group), else 0."""
-    found = {int(m.group(1)) for k in state_dict if isinstance(k, str) and (m := re.fullmatch(pattern, k))}
-    return len(found) if found == set(range(start, start + len(found))) else 0
-
-
-def oihw_to_hwio(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.asarray(a).transpose(2, 3, 1, 0))
-
-
-Target = tuple[tuple[str, ...], tuple[int, ...], Callable[[np.ndarray], np.ndarray]]
-
-
-def conv_targets(key: str, path: tuple[str, ...], cin: int, cout: int, k: int, bias: bool = True) -> dict:
-    """torch Conv2d ``key`` -> Flax nn.Conv ``path`` (OIHW -> HWIO)."""
-    targets = {f"{key}.weight": ((*path, "kernel"), (cout, cin, k, k), oihw_to_hwio)}
-    if bias:
-        targets[f"{key}.bias"] = ((*path, "bias"), (cout,), np.asarray)
-    return targets
-
-
-def map_targets(state_dict: StateDict, targets: dict[str, Target], what: str) -> dict:
-    """{'params': ...} from ``targets``; ValueError naming the first missing, unexpected or misshapen key."""
-    missing = [k for k in targets if k not in state_dict]
-    if missing:
-        raise ValueError(f"{what}: missing key {missing[0]!r} (expected shape {targets[missing[0]][1]})")
-    unexpected = [k for k in state_dict if k not in targets and not k.endswith(".num_batches_tracked")]
-    if unexpected:
-        shape = getattr(state_dict[unexpected[0]], "shape", None)
-        raise ValueError(f"{what}: unexpected key {unexpected[0]!r} (shape {shape})")
-    params: dict = {}
-    for key, (path, shape, transform) in targets.items():
-        got = tuple(state_dict[key].shape)
-        if got != shape:
-            raise ValueError(f"{what}: {key!r} has shape {got}, expected {shape}")
-        tree = params
-        for name in path[:-1]:
-            tree = tree.setdefault(name, {})
-        tree[path[-1]] = transform(state_dict[key]).astype(np.float32)
-    return {"params": params}
+def consecutive(found: list[int], start: int) -> int:
+    """n when ``found`` is exactly start .. start + n - 1, else 0."""
+    return len(found) if found == list(range(start, start + len(found))) else 0
 
 
 def _scale_from_layout(two_stages: bool, scale: int | None) -> int | None:
@@ -229,43 +169,45 @@ def _scale_from_layout(two_stages: bool, scale: int | None) -> int | None:
 def detect(state_dict: StateDict, scale: int | None = None) -> dict[str, Any] | None:
     """PAN's constructor arguments, or None for another family. One-stage checkpoints are x2 or x3 alike: their
     scale is ``scale`` when given, else None (to be supplied before building)."""
-    first = shape_of(state_dict, "conv_first.weight", 4)
-    up = shape_of(state_dict, "upconv1.weight", 4)
-    last = shape_of(state_dict, "conv_last.weight", 4)
-    nb = count_indexed(state_dict, r"SCPA_trunk\.(\d+)\.conv1_a\.weight", 0)
-    if first is None or up is None or last is None or nb <= 0 or shape_of(state_dict, "att1.conv.weight", 4) is None:
+    first = array_shape(state_dict, "conv_first.weight", 4)
+    up = array_shape(state_dict, "upconv1.weight", 4)
+    last = array_shape(state_dict, "conv_last.weight", 4)
+    nb = consecutive(indices(state_dict, r"SCPA_trunk\.(\d+)\.conv1_a\.weight"), 0)
+    if first is None or up is None or last is None or nb == 0 or array_shape(state_dict, "att1.conv.weight", 4) is None:
         return None
     two_stages = "upconv2.weight" in state_dict
     config = dict(in_nc=first[1], out_nc=last[0], nf=first[0], unf=up[0], nb=nb)
     return config | {"scale": _scale_from_layout(two_stages, scale)}
 
 
-def pan_targets(in_nc: int, out_nc: int, nf: int, unf: int, nb: int, scale: int | None) -> dict[str, Target]:
+def scpa_targets(i: int, nf: int) -> dict[str, Target]:
     half = nf // 2
-    t = conv_targets("conv_first", ("conv_first",), in_nc, nf, 3)
+    p, q = f"SCPA_trunk.{i}", f"SCPA_trunk_{i}"
+    t = conv(f"{p}.conv1_a", (q, "conv1_a", "conv"), nf, half, 1, bias=False)
+    t |= conv(f"{p}.conv1_b", (q, "conv1_b", "conv"), nf, half, 1, bias=False)
+    t |= conv(f"{p}.k1.0", (q, "k1", "conv"), half, half, 3, bias=False)
+    t |= conv(f"{p}.PAConv.k2", (q, "k2", "conv"), half, half, 1)
+    t |= conv(f"{p}.PAConv.k3", (q, "k3", "conv"), half, half, 3, bias=False)
+    t |= conv(f"{p}.PAConv.k4", (q, "k4", "conv"), half, half, 3, bias=False)
+    return t | conv(f"{p}.conv3", (q, "conv3", "conv"), 2 * half, nf, 1, bias=False)
+
+
+def targets(in_nc: int, out_nc: int, nf: int, unf: int, nb: int, scale: int | None, **_) -> dict[str, Target]:
+    """The torch key -> Flax path table; x2 and x3 (scale None: one of them) map alike."""
+    t = conv("conv_first", ("conv_first", "conv"), in_nc, nf, 3)
     for i in range(nb):
-        p, q = f"SCPA_trunk.{i}", (f"SCPA_trunk_{i}",)
-        t |= conv_targets(f"{p}.conv1_a", (*q, "conv1_a"), nf, half, 1, bias=False)
-        t |= conv_targets(f"{p}.conv1_b", (*q, "conv1_b"), nf, half, 1, bias=False)
-        t |= conv_targets(f"{p}.k1.0", (*q, "k1"), half, half, 3, bias=False)
-        t |= conv_targets(f"{p}.PAConv.k2", (*q, "k2"), half, half, 1)
-        t |= conv_targets(f"{p}.PAConv.k3", (*q, "k3"), half, half, 3, bias=False)
-        t |= conv_targets(f"{p}.PAConv.k4", (*q, "k4"), half, half, 3, bias=False)
-        t |= conv_targets(f"{p}.conv3", (*q, "conv3"), 2 * half, nf, 1, bias=False)
-    t |= conv_targets("trunk_conv", ("trunk_conv",), nf, nf, 3)
+        t |= scpa_targets(i, nf)
+    t |= conv("trunk_conv", ("trunk_conv", "conv"), nf, nf, 3)
     cin = nf
-    for j in range(1, len(upscale_stages(4 if scale == 4 else 2)) + 1):  # x2 and x3 map alike
-        t |= conv_targets(f"upconv{j}", (f"upconv{j}",), cin, unf, 3)
-        t |= conv_targets(f"att{j}.conv", (f"att{j}",), unf, unf, 1)
-        t |= conv_targets(f"HRconv{j}", (f"HRconv{j}",), unf, unf, 3)
+    for j in range(1, (2 if scale == 4 else 1) + 1):
+        t |= conv(f"upconv{j}", (f"upconv{j}", "conv"), cin, unf, 3)
+        t |= conv(f"att{j}.conv", (f"att{j}", "conv"), unf, unf, 1)
+        t |= conv(f"HRconv{j}", (f"HRconv{j}", "conv"), unf, unf, 3)
         cin = unf
-    return t | conv_targets("conv_last", ("conv_last",), unf, out_nc, 3)
+    return t | conv("conv_last", ("conv_last", "conv"), unf, out_nc, 3)
 
 
-def to_flax(state_dict: StateDict, config: dict[str, Any]) -> dict:
-    """Flax variables ({'params': ...}, float32 numpy) of the PAN ``config`` from a PyTorch state_dict."""
-    names = ("in_nc", "out_nc", "nf", "unf", "nb", "scale")
-    return map_targets(state_dict, pan_targets(**{n: config[n] for n in names}), f"PAN {config}")
+to_flax = from_targets(targets)
 
 
 ARCH = register(
