@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -170,11 +171,32 @@ def _unknown_layout(state: Mapping[str, np.ndarray], path: Path, header: bool = 
     return f"{path}: no known architecture fits these tensors; {text}" if header else text
 
 
+def _with_scale(arch: archs.Architecture, config: dict[str, Any], scale: int | None, path: Path) -> dict[str, Any]:
+    """Some layouts do not encode their scale (PAN x2 and x3 share every shape): --scale, else the file name's."""
+    if "scale" not in config:
+        return config
+    if config["scale"] is not None:
+        if scale not in (None, config["scale"]):
+            raise ConversionError(f"{path}: --scale {scale}, but the tensors are of a x{config['scale']} {arch.name}")
+        return config
+    if scale is None:
+        named = re.findall(r"(?<![0-9])x(\d)(?![0-9])|(?<![0-9a-z])(\d)x(?![0-9a-z])", path.stem.lower())
+        guesses = {int(a or b) for a, b in named}
+        if len(guesses) != 1:
+            raise ConversionError(
+                f"{path}: a {arch.name}'s scale is not in its tensors (its layers have the same shapes at every "
+                "scale) nor in the file name; pass --scale N"
+            )
+        scale = guesses.pop()
+    return config | {"scale": scale}
+
+
 def convert_state_dict(
-    kind: str | None, state: Mapping[str, np.ndarray], path: Path = Path("<state_dict>")
+    kind: str | None, state: Mapping[str, np.ndarray], path: Path = Path("<state_dict>"), scale: int | None = None
 ) -> tuple[archs.Architecture, dict[str, Any], dict]:
     """``(architecture, config, variables)`` of ``state``; raises ConversionError on any mismatch."""
     arch, config = choose_architecture(kind, state, path)
+    config = _with_scale(arch, config, scale, path)
     _finite_float32(state, [k for k in state if not k.endswith(IGNORED_SUFFIXES)], path)
     try:
         variables = arch.to_flax(state, config)
@@ -232,12 +254,18 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def convert_file(kind: str | None, input_path: str | Path, output_dir: str | Path, overwrite: bool = False) -> Path:
+def convert_file(
+    kind: str | None,
+    input_path: str | Path,
+    output_dir: str | Path,
+    overwrite: bool = False,
+    scale: int | None = None,
+) -> Path:
     from jsr.checkpoints import ModelFileError, save_model
 
     input_path = Path(input_path)
     state = read_state_dict(input_path)
-    arch, config, variables = convert_state_dict(kind, state, input_path)
+    arch, config, variables = convert_state_dict(kind, state, input_path, scale)
     metadata = {"source": {"file": input_path.name, "sha256": sha256(input_path)}}
     try:
         return save_model(output_dir, arch.name, config, variables, metadata=metadata, overwrite=overwrite)
@@ -268,6 +296,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input", required=True, help=".pt / .pth (zip or legacy torch format) or .safetensors")
     parser.add_argument("--output", required=True, help="model directory to create")
     parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    parser.add_argument(
+        "--scale",
+        type=int,
+        default=None,
+        help="for layouts whose scale is not in the tensors (PAN x2/x3): default read from the file name (x2, 3x)",
+    )
     args = parser.parse_args(argv)  # usage errors: argparse's message and exit code 2
     # An output the system refuses (a file in the way, read-only, disk full) is exit 1, the one rule of every jsr
     # command (jsr.errors): the arguments were well-formed, the location is what needs fixing.
@@ -277,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
 def _convert(args: argparse.Namespace) -> int:
     from jsr.checkpoints import read_description
 
-    out = convert_file(args.model, args.input, args.output, overwrite=args.overwrite)
+    out = convert_file(args.model, args.input, args.output, overwrite=args.overwrite, scale=args.scale)
     description = read_description(out)
     print(f"wrote {description['arch']} {description['config']} ({description['num_params']:,} parameters) to {out}")
     return 0

@@ -188,6 +188,7 @@ class Method:
     kind: str  # 'model' | 'sr' | 'baseline'
     produce: Callable[[Sequence[str], Sequence[np.ndarray], Sequence[tuple[int, int]]], list[np.ndarray]]
     upscaler: Any = None
+    quantise: bool = True  # False: its floats are scored as they are, whatever --quantise says
 
 
 def parse_named(value: str, flag: str) -> tuple[str, str]:
@@ -224,20 +225,23 @@ def model_method(name: str, directory: str, scale: int, mesh) -> Method:
 
 
 def _files_by_stem(folder: Path, flag: str) -> dict[str, Path]:
-    found: dict[str, Path] = {}
-    for path in images.list_images(folder):
-        stem = path.relative_to(folder).with_suffix("").as_posix()
-        if stem in found:
-            raise EvaluationError(f"{flag}: {found[stem]} and {path} have the same stem {stem!r}; keep one")
-        found[stem] = path
-    return found
+    try:
+        return images.files_by_stem(folder)
+    except images.DuplicateStem as e:
+        raise EvaluationError(f"{flag}: {e}") from None
 
 
 def sr_folder_method(
-    name: str, folder: str, stems: Sequence[str], sizes: Sequence[tuple[int, int]], max_pixels: int | None = None
+    name: str,
+    folder: str,
+    stems: Sequence[str],
+    sizes: Sequence[tuple[int, int]],
+    max_pixels: int | None = None,
+    truncated: bool = False,
 ) -> Method:
     """Precomputed outputs matched by stem; every data-set stem must have one, of the HR's size (checked now, from
-    the headers: upright as read, refused over ``max_pixels`` like the data set's files)."""
+    the headers: upright as read, refused over ``max_pixels`` like the data set's files). ``truncated``: the files
+    were saved by truncation (``astype(uint8)``), so a stored v stands for [v, v + 1): each is scored as v + 0.5."""
     flag = f"--sr {name}={folder}"
     path = Path(folder)
     if not path.is_dir():
@@ -269,9 +273,10 @@ def sr_folder_method(
     def produce(stems_, lrs, sizes_):
         from jsr.data.sources import to_rgb_uint8
 
-        return [to_rgb_uint8(images.read_image(files[s], max_pixels), (1.0, 1.0, 1.0)) for s in stems_]
+        saved = [to_rgb_uint8(images.read_image(files[s], max_pixels), (1.0, 1.0, 1.0)) for s in stems_]
+        return [(x.astype(np.float32) + 0.5) / 255.0 for x in saved] if truncated else saved
 
-    return Method(name, "sr", produce)
+    return Method(name, "sr", produce, quantise=not truncated)
 
 
 def load_vgg(directory: str | None):
@@ -339,9 +344,12 @@ class MetricEvaluator:
     def compiles(self) -> int:
         return len(self.compiled_shapes)
 
-    def __call__(self, srs: Sequence[np.ndarray], hrs: Sequence[np.ndarray]) -> list[dict[str, float]]:
+    def __call__(
+        self, srs: Sequence[np.ndarray], hrs: Sequence[np.ndarray], quantise: bool | None = None
+    ) -> list[dict[str, float]]:
         import jax
 
+        quantise = self.quantise if quantise is None else quantise
         out: list[dict[str, float] | None] = [None] * len(hrs)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, (sr, hr) in enumerate(zip(srs, hrs, strict=True)):
@@ -356,7 +364,7 @@ class MetricEvaluator:
                 valid = np.zeros((self.batch_size, 2), np.int32)  # padding entries: empty (their values are dropped)
                 for k, i in enumerate(chunk):
                     h, w = hrs[i].shape[:2]
-                    sr_canvas[k, :h, :w] = _unit(srs[i], self.quantise)
+                    sr_canvas[k, :h, :w] = _unit(srs[i], quantise)
                     hr_canvas[k, :h, :w] = _unit(hrs[i])
                     valid[k] = (h, w)
                 self.compiled_shapes.add(sr_canvas.shape)
@@ -514,6 +522,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "'lanczos' adds that baseline (bicubic is always evaluated)")  # fmt: skip
     p.add_argument("--sr", action="append", default=[], metavar="NAME=FOLDER", help="precomputed outputs (repeatable)")
     p.add_argument(
+        "--sr-truncated",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="the --sr NAME files were saved by truncating floats (astype(uint8)), not rounding: score each stored "
+        "value v as v + 0.5, the middle of the values it stands for (repeatable)",
+    )
+    p.add_argument(
         "--dataset", required=True, metavar="SPEC", help="tfds:NAME:SPLIT, folder:DIR or pairs:HR_DIR,LR_DIR"
     )
     p.add_argument("--output", required=True, type=Path, help="folder for results.json/.csv/.md and figures/")
@@ -522,7 +538,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--border", type=int, default=None, help="pixels cropped per side for PSNR/SSIM (default: scale)")
     p.add_argument("--quantise", action=argparse.BooleanOptionalAction, default=True,
                    help="round model outputs to uint8 before scoring, as saved PNGs are (default: on)")  # fmt: skip
-    p.add_argument("--downscale", choices=("bicubic", "lanczos"), default="bicubic", help="LR of folder: data sets")
+    p.add_argument(
+        "--downscale",
+        choices=images.DOWNSCALES,
+        default="bicubic",
+        help="how folder: data sets make their LR: Pillow's filters, or 'matlab' (MATLAB imresize bicubic, bit-exact: "
+        "what published benchmark tables use)",
+    )
     p.add_argument("--data_dir", default=None, help="TFDS data_dir for tfds: data sets")
     p.add_argument("--max-pixels", type=images.pixel_limit, default=images.MAX_PIXELS, metavar="N",
                    help="refuse image files over N pixels unread (default %(default)s)")  # fmt: skip
@@ -552,13 +574,16 @@ def _methods(args, dataset: Dataset, mesh) -> list[Method]:
         if name in BASELINES:
             raise EvaluationError(f"--model {value}: {name!r} names a baseline; choose another NAME")
         add(model_method(name, directory, dataset.scale, mesh))
+    unknown = sorted(set(args.sr_truncated) - {parse_named(v, "--sr")[0] for v in args.sr})
+    if unknown:
+        raise EvaluationError(f"--sr-truncated {unknown[0]}: no --sr {unknown[0]}=FOLDER is given")
     if args.sr:
         stems, sizes = dataset.stems_and_sizes()
         for value in args.sr:
             name, folder = parse_named(value, "--sr")
             if name in BASELINES:
                 raise EvaluationError(f"--sr {value}: {name!r} names a baseline; choose another NAME")
-            add(sr_folder_method(name, folder, stems, sizes, args.max_pixels))
+            add(sr_folder_method(name, folder, stems, sizes, args.max_pixels, name in args.sr_truncated))
     add(baseline("bicubic"))
     return methods
 
@@ -604,7 +629,8 @@ def evaluate(args: argparse.Namespace) -> Run:
             outputs = {}
             for method in methods:
                 outputs[method.name] = method.produce(stems, lrs, sizes)
-                for stem, values in zip(stems, evaluator(outputs[method.name], hrs), strict=True):
+                scored = evaluator(outputs[method.name], hrs, quantise=method.quantise and args.quantise)
+                for stem, values in zip(stems, scored, strict=True):
                     results.add(method.name, stem, values)
             for k in range(max(0, min(len(records), args.figures - start))):
                 stem = stems[k]

@@ -331,12 +331,37 @@ def crop_to_multiple(image: np.ndarray, scale: int) -> np.ndarray:
     return image[: h - h % scale, : w - w % scale]
 
 
+DOWNSCALES = (*RESAMPLING, "matlab")  # 'matlab': MATLAB's imresize bicubic, which published tables use
+
+
 def downscale(hr: np.ndarray, scale: int, method: str = "bicubic") -> np.ndarray:
-    """LR of an HR image whose sides are multiples of ``scale``."""
+    """LR of an HR image whose sides are multiples of ``scale``: Pillow's ``method``, or ``'matlab'`` (bit-exact
+    MATLAB ``imresize(hr, 1/scale, 'bicubic')`` for uint8, ``jsr.matlab_resize``)."""
     h, w = hr.shape[:2]
     if h % scale or w % scale:
         raise ValueError(f"HR size {h}x{w} is not a multiple of the scale {scale}; crop_to_multiple first")
+    if method == "matlab":
+        from jsr.matlab_resize import imresize
+
+        return imresize(hr, output_shape=(h // scale, w // scale))
     return resize(hr, (h // scale, w // scale), method)
+
+
+class DuplicateStem(UserError):
+    """Two images in one folder differ only by suffix."""
+
+
+def files_by_stem(folder: str | os.PathLike) -> dict[str, Path]:
+    """Image files under ``folder`` keyed by relative path without suffix ('sub/name'); two files of one stem are an
+    error (which one would be meant is unknowable)."""
+    folder = Path(folder)
+    found: dict[str, Path] = {}
+    for path in list_images(folder):
+        stem = path.relative_to(folder).with_suffix("").as_posix()
+        if stem in found:
+            raise DuplicateStem(f"{folder}: {found[stem]} and {path} have the same name {stem!r}; keep one")
+        found[stem] = path
+    return found
 
 
 def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:

@@ -26,7 +26,7 @@ SMALL_IMDN = dict(in_nc=3, nf=32, num_modules=2, out_nc=3)
 
 def zeros_state_dict(targets: dict) -> dict[str, np.ndarray]:
     """A state_dict with the layout of ``targets`` (keys and torch shapes), for detection tests."""
-    return {key: np.zeros(shape, np.float32) for key, (_, shape, _) in targets.items()}
+    return {key: np.zeros(target.shape, np.float32) for key, target in targets.items()}
 
 
 def random_variables(module, seed: int = 0) -> dict:
@@ -73,9 +73,9 @@ def test_registered():
 
 
 def test_detect_reads_configs_and_refuses_foreign_dicts():
-    pan_sd = zeros_state_dict(pan.pan_targets(**PAN_CONFIGS[4]))
-    imdn_sd = zeros_state_dict(imdn.imdn_targets(**IMDN_CONFIGS[3]))
-    one_stage = zeros_state_dict(pan.pan_targets(**PAN_CONFIGS[3]))
+    pan_sd = zeros_state_dict(pan.targets(**PAN_CONFIGS[4]))
+    imdn_sd = zeros_state_dict(imdn.targets(**IMDN_CONFIGS[3]))
+    one_stage = zeros_state_dict(pan.targets(**PAN_CONFIGS[3]))
     assert pan.detect(pan_sd) == PAN_CONFIGS[4]
     assert imdn.detect(imdn_sd) == IMDN_CONFIGS[3]
     # x2 and x3 share keys and shapes: the scale is unknown unless given
@@ -92,11 +92,11 @@ def test_detect_reads_configs_and_refuses_foreign_dicts():
 
 def test_to_flax_names_the_key_and_matches_the_module():
     config = PAN_CONFIGS[3]
-    state = zeros_state_dict(pan.pan_targets(**config))
+    state = zeros_state_dict(pan.targets(**config))
     variables = pan.to_flax(state, config)
     expected = jax.eval_shape(pan.PAN(**config).init, jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
     assert jax.tree.map(np.shape, variables) == jax.tree.map(np.shape, expected)
-    imdn_sd = zeros_state_dict(imdn.imdn_targets(**IMDN_CONFIGS[3]))
+    imdn_sd = zeros_state_dict(imdn.targets(**IMDN_CONFIGS[3]))
     expected = jax.eval_shape(imdn.IMDN(**IMDN_CONFIGS[3]).init, jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
     assert jax.tree.map(np.shape, imdn.to_flax(imdn_sd, IMDN_CONFIGS[3])) == jax.tree.map(np.shape, expected)
     broken = dict(state, **{"trunk_conv.bias": np.zeros(5, np.float32)})

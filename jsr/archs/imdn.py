@@ -19,7 +19,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jsr.archs import Architecture, StateDict, register
-from jsr.archs.pan import Target, conv_targets, count_indexed, map_targets, masked_conv, shape_of
+from jsr.archs.compact import indices
+from jsr.archs.mapping import Target, conv, from_targets
+from jsr.archs.pan import array_shape, consecutive, masked_conv
 from jsr.models.srresnet import pixel_shuffle
 
 LRELU_SLOPE = 0.05
@@ -62,16 +64,16 @@ class IMDModule(nn.Module):
     @nn.compact
     def __call__(self, x, mask=None):
         distilled, _ = split_channels(self.nf)
-        conv = dict(dtype=self.dtype, conv=self.conv)
+        opts = dict(dtype=self.dtype, conv=self.conv)
         kept, rest = [], x
         for name in ("c1", "c2", "c3"):
-            out = nn.leaky_relu(masked_conv(rest, mask, self.nf, 3, name, **conv), LRELU_SLOPE)
+            out = nn.leaky_relu(masked_conv(rest, mask, self.nf, 3, name, **opts), LRELU_SLOPE)
             kept.append(out[..., :distilled])
             rest = out[..., distilled:]
-        kept.append(masked_conv(rest, mask, distilled, 3, "c4", **conv))
+        kept.append(masked_conv(rest, mask, distilled, 3, "c4", **opts))
         out = jnp.concatenate(kept, axis=-1)
         out = CCALayer(self.dtype, self.conv, name="cca")(out, mask)
-        return masked_conv(out, mask, self.nf, 1, "c5", **conv) + x
+        return masked_conv(out, mask, self.nf, 1, "c5", **opts) + x
 
 
 class CCALayer(nn.Module):
@@ -116,16 +118,16 @@ class IMDN(nn.Module):
     def __call__(self, x, train: bool = False, valid_mask=None):
         if x.ndim != 4 or x.shape[-1] != self.in_nc:
             raise ValueError(f"IMDN expects NHWC images with {self.in_nc} channels, got shape {x.shape}")
-        conv = dict(dtype=self.dtype, conv=self.conv)
+        opts = dict(dtype=self.dtype, conv=self.conv)
         mask = valid_mask
-        fea = masked_conv(x.astype(self.dtype), mask, self.nf, 3, "fea_conv", **conv)
+        fea = masked_conv(x.astype(self.dtype), mask, self.nf, 3, "fea_conv", **opts)
         outs, h = [], fea
         for i in range(1, self.num_modules + 1):
             h = IMDModule(self.nf, self.dtype, self.conv, name=f"IMDB{i}")(h, mask)
             outs.append(h)
-        fused = nn.leaky_relu(masked_conv(jnp.concatenate(outs, axis=-1), mask, self.nf, 1, "c", **conv), LRELU_SLOPE)
-        lr = masked_conv(fused, mask, self.nf, 3, "LR_conv", **conv) + fea
-        out = masked_conv(lr, mask, self.out_nc * self.scale**2, 3, "upsampler", **conv)
+        fused = nn.leaky_relu(masked_conv(jnp.concatenate(outs, axis=-1), mask, self.nf, 1, "c", **opts), LRELU_SLOPE)
+        lr = masked_conv(fused, mask, self.nf, 3, "LR_conv", **opts) + fea
+        out = masked_conv(lr, mask, self.out_nc * self.scale**2, 3, "upsampler", **opts)
         return pixel_shuffle(out, self.scale).astype(jnp.float32)
 
 
@@ -135,11 +137,11 @@ class IMDN(nn.Module):
 def detect(state_dict: StateDict) -> dict[str, Any] | None:
     """IMDN's constructor arguments from keys and shapes, or None for another family (out_nc = in_nc assumed: the
     upsampler's out_nc * scale^2 channels do not separate the two)."""
-    first = shape_of(state_dict, "fea_conv.weight", 4)
-    fuse = shape_of(state_dict, "c.0.weight", 4)
-    up = shape_of(state_dict, "upsampler.0.weight", 4)
-    blocks = count_indexed(state_dict, r"IMDB(\d+)\.c1\.weight", 1)
-    attention = shape_of(state_dict, "IMDB1.cca.conv_du.0.weight", 4)
+    first = array_shape(state_dict, "fea_conv.weight", 4)
+    fuse = array_shape(state_dict, "c.0.weight", 4)
+    up = array_shape(state_dict, "upsampler.0.weight", 4)
+    blocks = consecutive(indices(state_dict, r"IMDB(\d+)\.c1\.weight"), 1)
+    attention = array_shape(state_dict, "IMDB1.cca.conv_du.0.weight", 4)
     if first is None or fuse is None or up is None or attention is None or blocks == 0:
         return None
     in_nc, nf = first[1], first[0]
@@ -153,30 +155,28 @@ def detect(state_dict: StateDict) -> dict[str, Any] | None:
 
 def imdb_targets(i: int, nf: int) -> dict[str, Target]:
     distilled, remaining = split_channels(nf)
-    p, q = f"IMDB{i}", (f"IMDB{i}",)
-    t = conv_targets(f"{p}.c1", (*q, "c1"), nf, nf, 3)
-    t |= conv_targets(f"{p}.c2", (*q, "c2"), remaining, nf, 3)
-    t |= conv_targets(f"{p}.c3", (*q, "c3"), remaining, nf, 3)
-    t |= conv_targets(f"{p}.c4", (*q, "c4"), remaining, distilled, 3)
-    t |= conv_targets(f"{p}.c5", (*q, "c5"), nf, nf, 1)
+    p, q = f"IMDB{i}", f"IMDB{i}"
+    t = conv(f"{p}.c1", (q, "c1", "conv"), nf, nf, 3)
+    t |= conv(f"{p}.c2", (q, "c2", "conv"), remaining, nf, 3)
+    t |= conv(f"{p}.c3", (q, "c3", "conv"), remaining, nf, 3)
+    t |= conv(f"{p}.c4", (q, "c4", "conv"), remaining, distilled, 3)
+    t |= conv(f"{p}.c5", (q, "c5", "conv"), nf, nf, 1)
     c = 4 * distilled
-    t |= conv_targets(f"{p}.cca.conv_du.0", (*q, "cca", "conv_du0"), c, c // CCA_REDUCTION, 1)
-    return t | conv_targets(f"{p}.cca.conv_du.2", (*q, "cca", "conv_du2"), c // CCA_REDUCTION, c, 1)
+    t |= conv(f"{p}.cca.conv_du.0", (q, "cca", "conv_du0", "conv"), c, c // CCA_REDUCTION, 1)
+    return t | conv(f"{p}.cca.conv_du.2", (q, "cca", "conv_du2", "conv"), c // CCA_REDUCTION, c, 1)
 
 
-def imdn_targets(in_nc: int, nf: int, num_modules: int, out_nc: int, scale: int) -> dict[str, Target]:
-    t = conv_targets("fea_conv", ("fea_conv",), in_nc, nf, 3)
+def targets(in_nc: int, nf: int, num_modules: int, out_nc: int, scale: int, **_) -> dict[str, Target]:
+    """The torch key -> Flax path table."""
+    t = conv("fea_conv", ("fea_conv", "conv"), in_nc, nf, 3)
     for i in range(1, num_modules + 1):
         t |= imdb_targets(i, nf)
-    t |= conv_targets("c.0", ("c",), nf * num_modules, nf, 1)
-    t |= conv_targets("LR_conv", ("LR_conv",), nf, nf, 3)
-    return t | conv_targets("upsampler.0", ("upsampler",), nf, out_nc * scale * scale, 3)
+    t |= conv("c.0", ("c", "conv"), nf * num_modules, nf, 1)
+    t |= conv("LR_conv", ("LR_conv", "conv"), nf, nf, 3)
+    return t | conv("upsampler.0", ("upsampler", "conv"), nf, out_nc * scale * scale, 3)
 
 
-def to_flax(state_dict: StateDict, config: dict[str, Any]) -> dict:
-    """Flax variables ({'params': ...}, float32 numpy) of the IMDN ``config`` from a PyTorch state_dict."""
-    names = ("in_nc", "nf", "num_modules", "out_nc", "scale")
-    return map_targets(state_dict, imdn_targets(**{n: config[n] for n in names}), f"IMDN {config}")
+to_flax = from_targets(targets)
 
 
 ARCH = register(

@@ -77,14 +77,14 @@ class SCPA(nn.Module):
     @nn.compact
     def __call__(self, x, mask=None):
         half = self.nf // 2
-        conv = dict(dtype=self.dtype, conv=self.conv, bias=False)
-        a = nn.leaky_relu(masked_conv(x, mask, half, 1, "conv1_a", **conv), LRELU_SLOPE)
-        b = nn.leaky_relu(masked_conv(x, mask, half, 1, "conv1_b", **conv), LRELU_SLOPE)
-        a = nn.leaky_relu(masked_conv(a, mask, half, 3, "k1", **conv), LRELU_SLOPE)
+        opts = dict(dtype=self.dtype, conv=self.conv, bias=False)
+        a = nn.leaky_relu(masked_conv(x, mask, half, 1, "conv1_a", **opts), LRELU_SLOPE)
+        b = nn.leaky_relu(masked_conv(x, mask, half, 1, "conv1_b", **opts), LRELU_SLOPE)
+        a = nn.leaky_relu(masked_conv(a, mask, half, 3, "k1", **opts), LRELU_SLOPE)
         attention = nn.sigmoid(masked_conv(b, mask, half, 1, "k2", self.dtype, self.conv))
-        b = masked_conv(b, mask, half, 3, "k3", **conv) * attention
-        b = nn.leaky_relu(masked_conv(b, mask, half, 3, "k4", **conv), LRELU_SLOPE)
-        return x + masked_conv(jnp.concatenate([a, b], axis=-1), mask, self.nf, 1, "conv3", **conv)
+        b = masked_conv(b, mask, half, 3, "k3", **opts) * attention
+        b = nn.leaky_relu(masked_conv(b, mask, half, 3, "k4", **opts), LRELU_SLOPE)
+        return x + masked_conv(jnp.concatenate([a, b], axis=-1), mask, self.nf, 1, "conv3", **opts)
 
 
 class PAN(nn.Module):
@@ -123,22 +123,22 @@ class PAN(nn.Module):
         stages = upscale_stages(self.scale)
         if x.ndim != 4 or x.shape[-1] != self.in_nc:
             raise ValueError(f"PAN expects NHWC images with {self.in_nc} channels, got shape {x.shape}")
-        conv = dict(dtype=self.dtype, conv=self.conv)
+        opts = dict(dtype=self.dtype, conv=self.conv)
         mask = valid_mask
         image = x.astype(jnp.float32)
-        fea = masked_conv(x.astype(self.dtype), mask, self.nf, 3, "conv_first", **conv)
+        fea = masked_conv(x.astype(self.dtype), mask, self.nf, 3, "conv_first", **opts)
         trunk = fea
         for i in range(self.nb):
             trunk = SCPA(self.nf, self.dtype, self.conv, name=f"SCPA_trunk_{i}")(trunk, mask)
-        fea = fea + masked_conv(trunk, mask, self.nf, 3, "trunk_conv", **conv)
+        fea = fea + masked_conv(trunk, mask, self.nf, 3, "trunk_conv", **opts)
         for j, r in enumerate(stages, start=1):
             fea = nearest_upsample(fea, r)
             mask = None if mask is None else nearest_upsample(mask, r)
-            fea = masked_conv(fea, mask, self.unf, 3, f"upconv{j}", **conv)
-            fea = fea * nn.sigmoid(masked_conv(fea, mask, self.unf, 1, f"att{j}", **conv))
+            fea = masked_conv(fea, mask, self.unf, 3, f"upconv{j}", **opts)
+            fea = fea * nn.sigmoid(masked_conv(fea, mask, self.unf, 1, f"att{j}", **opts))
             fea = nn.leaky_relu(fea, LRELU_SLOPE)
-            fea = nn.leaky_relu(masked_conv(fea, mask, self.unf, 3, f"HRconv{j}", **conv), LRELU_SLOPE)
-        out = masked_conv(fea, mask, self.out_nc, 3, "conv_last", **conv)
+            fea = nn.leaky_relu(masked_conv(fea, mask, self.unf, 3, f"HRconv{j}", **opts), LRELU_SLOPE)
+        out = masked_conv(fea, mask, self.out_nc, 3, "conv_last", **opts)
         return out.astype(jnp.float32) + bilinear_upscale(image, self.scale, valid_mask)
 
 

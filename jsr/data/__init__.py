@@ -76,7 +76,7 @@ def default_data_config() -> ml_collections.ConfigDict:
             "scale": 4,
             "patch_size": 24,  # LR training crop (HR = scale * patch); 0 = whole images
             "eval_patch_size": 0,  # LR centre crop for evaluation; 0 = whole images
-            "downscale": "bicubic",  # 'bicubic' | 'lanczos' (host LR; Pokemon: which prepared config)
+            "downscale": "bicubic",  # host LR: Pillow 'bicubic' | 'lanczos' | ..., or 'matlab' (MATLAB imresize)
             "background": "white",  # for transparent images in folders
             "num_threads": 0,  # host decode/crop threads; 0 = min(8, CPU cores): extra threads lose to the GIL
             "num_workers": 0,  # Grain worker processes (0 = threads only)

@@ -46,7 +46,7 @@ def to_rgb_uint8(image: images.LoadedImage, background: tuple[float, float, floa
 
 
 def make_pair(hr: np.ndarray, scale: int, method: str) -> tuple[np.ndarray, np.ndarray]:
-    """HR cropped to a multiple of ``scale`` (bottom/right) and its Pillow downscale."""
+    """HR cropped to a multiple of ``scale`` (bottom/right) and its downscale (Pillow's, or MATLAB's imresize)."""
     hr = images.crop_to_multiple(hr, scale)
     return hr, images.downscale(hr, scale, method)
 
@@ -142,23 +142,32 @@ def check_pair_files(
     except images.ImageReadError as e:
         return str(e), (0, 0)
     (h, w), (lh, lw) = hr.size, lr.size
-    if (h, w) != (scale * lh, scale * lw):
+    # benchmark sets keep the HR uncropped: a remainder below the scale is cropped bottom/right (mod-crop)
+    if not (0 <= h - scale * lh < scale and 0 <= w - scale * lw < scale):
         return f"HR {h}x{w} is not {scale} x LR {lh}x{lw} ({lr_path})", (h, w)
+    h, w = scale * lh, scale * lw
     if min(lh, lw) < max(min_lr, 1):
         return f"too small: LR {lh}x{lw} < {min_lr} pixels on a side", (h, w)
     return None, (h, w)
 
 
 def _by_stem(folder: Path) -> dict[str, Path]:
-    found: dict[str, Path] = {}
-    for path in images.list_images(folder):
-        stem = str(path.relative_to(folder).with_suffix(""))
-        if stem in found:
-            raise ValueError(
-                f"{folder}: two images share the name {stem!r} ({found[stem].name}, {path.name}); rename one"
-            )
-        found[stem] = path
-    return found
+    try:
+        return images.files_by_stem(folder)
+    except images.DuplicateStem as e:
+        raise ValueError(str(e)) from None
+
+
+def lr_stem_match(hr_stems, lr_files: dict[str, Path], scale: int) -> dict[str, Path]:
+    """LR files keyed by the HR stem they belong to: the same stem, or the benchmark sets' ``{stem}x{scale}``."""
+    hr_stems = set(hr_stems)
+    matched = {}
+    for stem, path in lr_files.items():
+        suffix = f"x{scale}"
+        if stem not in hr_stems and stem.endswith(suffix) and stem[: -len(suffix)] in hr_stems:
+            stem = stem[: -len(suffix)]
+        matched[stem] = path
+    return matched
 
 
 def scan_folder(
@@ -186,7 +195,7 @@ def scan_folder(
         lr_folder = Path(lr_folder)
         if not lr_folder.is_dir():
             raise FileNotFoundError(f"LR folder {lr_folder} does not exist (config.data.lr_folder)")
-        lr_files = _by_stem(lr_folder)
+        lr_files = lr_stem_match(hr_files, _by_stem(lr_folder), scale)
         bad += [(str(p), "no LR image with the same name") for s, p in hr_files.items() if s not in lr_files]
         bad += [(str(p), "no HR image with the same name") for s, p in lr_files.items() if s not in hr_files]
         jobs = [(s, p, lr_files[s]) for s, p in hr_files.items() if s in lr_files]
@@ -246,6 +255,7 @@ class FolderSource:
             hr, lr = make_pair(hr, self.scale, self.downscale)
         else:
             lr = to_rgb_uint8(images.read_image(record.lr_path, self.max_pixels), self.background)
+            hr = hr[: self.scale * lr.shape[0], : self.scale * lr.shape[1]]
         return {"hr": hr, "lr": lr, "id": record.id}
 
 
