@@ -5,7 +5,9 @@ declared. Reads ../shared/referee (fixture `referee`)."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -16,6 +18,7 @@ from jsr.evaluate import main as evaluate_main
 from jsr.inference import Upscaler
 
 pytestmark = [pytest.mark.referee, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +152,31 @@ def test_tiles_stitch_as_each_architecture_declares(referee, converted, name):
         assert 0 < error.max() <= 8 and error.mean() < 0.5  # measured: see README, Upscale
     else:
         assert error.max() <= 1
+
+
+def test_a_converted_checkpoint_fine_tunes_on_cbsd68_with_frozen_layers(tmp_path, referee, converted):
+    """leftthomas x4, tail + last conv trained on CBSD68 crops, validated on Set5: end to end through the CLIs."""
+    images = referee / "images"
+    before = evaluate(tmp_path, pairs(referee, "Set5", 4), "--model", f"g={converted['leftthomas4']}")
+    run = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "jsr.train", f"--config={ROOT / 'configs' / 'quickstart.py'}", f"--workdir={run}",
+         f"--config.init_from={converted['leftthomas4']}", "--config.data.source=folder",
+         f"--config.data.folder={images / 'CBSD68'}", f"--config.data.val_folder={images / 'Set5' / 'HR'}",
+         f"--config.data.val_lr_folder={images / 'Set5' / 'LR_bicubic' / 'X4'}", "--config.num_train_steps=30",
+         "--config.eval_every_steps=30", "--config.log_every_steps=10", "--config.checkpoint_every_steps=30",
+         "--config.batch_size=4", "--config.optim.trainable=('tail|last_conv',)"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = evaluate(tmp_path, pairs(referee, "Set5", 4), "--model", f"g={run / 'best'}")
+    assert after["g"]["mean"]["psnr_y"] > before["g"]["mean"]["psnr_y"] + 0.05
+    _, old = load_model(converted["leftthomas4"])
+    _, new = load_model(run / "best")
+    frozen, trained = ("body_0", "conv01", "conv02"), ("tail_0", "tail_1", "last_conv")
+    for name in frozen:
+        for a, b in zip(*(jax.tree.leaves(v["params"][name]) for v in (old, new)), strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert all(
+        not np.array_equal(old["params"][n]["conv"]["kernel"], new["params"][n]["conv"]["kernel"]) for n in trained
+    )
