@@ -14,12 +14,12 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from jsr.archs import Architecture, StateDict, register
 from jsr.archs.compact import MaskedConv, indices, nearest_upsample, shape_of
 from jsr.archs.mapping import Target, conv, from_targets
+from jsr.ops.resize import masked_upscale
 
 LRELU_SLOPE = 0.2
 SCALES = (2, 3, 4)
@@ -36,21 +36,9 @@ def masked_conv(x, mask, features: int, kernel: int, name: str, dtype, conv: str
 
 
 def bilinear_upscale(x, scale: int, valid_mask=None):
-    """F.interpolate(x, scale_factor=scale, mode='bilinear', align_corners=False) in NHWC.
-
-    jax.image.resize uses the same half-pixel source coordinates and, at an image border, renormalises the taps
-    that fall inside, which equals PyTorch's clamping of source indices to the image. With a rectangular mask the
-    taps renormalised over valid pixels are exactly the taps clamped to the valid rectangle (the kernel and the
-    mask are both separable), so a zero-padded canvas gives the unpadded result.
-    """
-    n, h, w, _ = x.shape
-    resize = lambda a: jax.image.resize(a, (n, h * scale, w * scale, a.shape[-1]), "bilinear")  # noqa: E731
-    if valid_mask is None:
-        return resize(x)
-    mask = valid_mask.astype(x.dtype)
-    weight = resize(mask)
-    inside = weight > 0
-    return jnp.where(inside, resize(x * mask) / jnp.where(inside, weight, 1.0), 0.0)
+    """F.interpolate(x, scale_factor=scale, mode='bilinear', align_corners=False) in NHWC, exact on masked canvases
+    (``jsr.ops.resize.masked_upscale``: the same half-pixel coordinates and border clamping)."""
+    return masked_upscale(x, scale, "bilinear", valid_mask)
 
 
 def upscale_stages(scale: int | None) -> tuple[int, ...]:

@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from jsr.ops.conv import conv_function
+from jsr.ops.resize import masked_upscale
 
 # PyTorch BatchNorm2d defaults (running-stat momentum 0.1 == Flax momentum 0.9).
 BN_MOMENTUM = 0.9
@@ -47,17 +47,8 @@ def upsample_factors(scale: int, pow2_stages: bool = False) -> tuple[int, ...]:
 
 
 def bicubic_upscale(x: jnp.ndarray, scale: int, valid_mask=None) -> jnp.ndarray:
-    """Bicubic x``scale`` upscale; with a mask, the weights are renormalised over valid pixels, which equals
-    upscaling the unpadded image (jax.image.resize renormalises at image borders the same way)."""
-    n, h, w, c = x.shape
-    resize = lambda a: jax.image.resize(a, (n, h * scale, w * scale, a.shape[-1]), "bicubic")  # noqa: E731
-    if valid_mask is None:
-        return resize(x)
-    valid_mask = valid_mask.astype(x.dtype)
-    weight = resize(valid_mask)
-    # Valid pixels keep at least ~0.43 of the kernel mass (a corner at x4); the floor only guards the division
-    # in the padding, whose values are discarded.
-    return jnp.where(weight > 0.1, resize(x * valid_mask) / jnp.maximum(weight, 0.1), 0.0)
+    """Bicubic x``scale`` upscale, exact on masked canvases (``jsr.ops.resize.masked_upscale``)."""
+    return masked_upscale(x, scale, "bicubic", valid_mask)
 
 
 class _MaskedConv(nn.Module):
