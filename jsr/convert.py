@@ -24,7 +24,7 @@ from jsr import archs
 from jsr.archs.mapping import IGNORED_SUFFIXES
 from jsr.errors import UserError, run_cli
 
-WRAPPER_KEYS = ("state_dict", "model", "generator", "discriminator", "params")
+WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model", "generator", "discriminator")  # params_ema first, as Real-ESRGAN loads
 
 
 class ConversionError(UserError):
