@@ -24,7 +24,8 @@ from jsr import archs
 from jsr.archs.mapping import IGNORED_SUFFIXES
 from jsr.errors import UserError, run_cli
 
-WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model", "generator", "discriminator")  # params_ema first, as Real-ESRGAN loads
+# params_ema first: Real-ESRGAN files hold both, and its inference loads the EMA weights
+WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model", "generator", "discriminator")
 
 
 class ConversionError(UserError):
