@@ -59,15 +59,21 @@ def base_config() -> ml_collections.ConfigDict:
     # inference: training through it was slower (SRResNet fwd + bwd at batch 16 x 24: 879 vs 814 ms with 'fast')
     # arch: '' = the architecture of init_from (any registered one, with its own constructor arguments), or
     # srresnet built from n_feats / num_blocks / bicubic_skip when training from scratch
+    # options: constructor arguments of another architecture trained from scratch (arch='rrdbnet', ...)
     c.model = ml_collections.ConfigDict(
-        {"arch": "", "n_feats": 64, "num_blocks": 16, "bicubic_skip": False, "conv": "auto"}
+        {"arch": "", "n_feats": 64, "num_blocks": 16, "bicubic_skip": False, "conv": "auto", "options": {}}
     )
-    c.discriminator = ml_collections.ConfigDict({"n_feats": 64, "patch_size": 0})  # 0: scale x data.patch_size
+    # arch: 'srgan' (SRGAN-PyTorch's, patch_size 0 = scale x data.patch_size) or 'unet_sn' (Real-ESRGAN's U-Net
+    # with spectral norm, n_feats = its num_feat)
+    c.discriminator = ml_collections.ConfigDict({"arch": "srgan", "n_feats": 64, "patch_size": 0})
     c.loss = ml_collections.ConfigDict(
         {
             "pixel": 1.0,
+            "pixel_kind": "mse",  # 'mse' (SRGAN) or 'l1' (ESRGAN)
+            "vgg_criterion": "mse",  # feature distance: 'mse' (SRGAN) or 'l1' (ESRGAN, with a conv*_* tap)
+            "gan": "standard",  # 'standard' (non-saturating BCE) or 'relativistic' (ESRGAN's relativistic average)
             "vgg": 0.006,
-            "vgg_tap": "relu5_4",
+            "vgg_tap": "relu5_4",  # reluB_I after the activation (SRGAN); convB_I before it (ESRGAN)
             "adversarial": 1e-3,
             "tv": 0.0,
             "vgg_weights": "",  # converted torchvision VGG19 (tools/convert_torch_weights.py --model vgg19)

@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jsr import archs, atomic, checkpoints, images, losses, metrics, parallel
+from jsr import archs, atomic, checkpoints, losses, metrics, parallel
 from jsr import data as jdata
 from jsr import workdir as workdirs
 from jsr.errors import USAGE, RunFailure, UserError, run_cli
@@ -110,10 +110,10 @@ def generator_spec(config: ml_collections.ConfigDict) -> GeneratorSpec:
                 )
             return spec
     if arch not in ("", None, "srresnet"):
-        raise TrainingError(
-            f"config.model.arch={arch!r}: architectures other than srresnet are trained from a converted or "
-            "trained model: set config.init_from to its directory (and leave config.model.arch empty)"
-        )
+        if arch not in archs.REGISTRY or archs.get(arch).role != "generator":
+            known = sorted(name for name, a in archs.REGISTRY.items() if a.role == "generator")
+            raise TrainingError(f"config.model.arch={arch!r}: not a registered generator; choose from {known}")
+        return GeneratorSpec(arch, {**config.model.get("options", {}).to_dict(), "scale": config.data.scale})
     m = config.model
     return GeneratorSpec(
         "srresnet",
@@ -257,7 +257,8 @@ def make_steps(config, generator, discriminator, vgg_module, tx_g, tx_d, g_bn_tr
         def loss_fn(params):
             real, stats = d_apply(params, state.d_batch_stats, hr)
             fake, stats = d_apply(params, stats, jax.lax.stop_gradient(sr))
-            return losses.discriminator_bce(real, fake), (stats, real, fake)
+            d_loss = losses.relativistic_discriminator if relativistic else losses.discriminator_bce
+            return d_loss(real, fake), (stats, real, fake)
 
         (d_loss, (stats, real, fake)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.d_params)
         updates, opt_state = tx_d.update(grads, state.d_opt_state, state.d_params)
@@ -265,20 +266,29 @@ def make_steps(config, generator, discriminator, vgg_module, tx_g, tx_d, g_bn_tr
         out = {"d_loss": d_loss, "d_real": jnp.mean(jax.nn.sigmoid(real)), "d_fake": jnp.mean(jax.nn.sigmoid(fake))}
         return state.replace(d_params=params, d_batch_stats=stats, d_opt_state=opt_state), out
 
+    pixel_kind = w.get("pixel_kind", "mse")
+    pixel_loss = {"mse": losses.pixel_mse, "l1": losses.pixel_l1}[pixel_kind]
+    feature_loss = {"mse": losses.feature_mse, "l1": losses.feature_l1}[w.get("vgg_criterion", "mse")]
+    relativistic = w.get("gan", "standard") == "relativistic"
+
     def sr_loss(sr, hr, state, frozen):
         """Generator loss as a function of its output: pixel, perceptual, adversarial, TV."""
-        parts = {"pixel_mse": losses.pixel_mse(sr, hr)}
-        total = w.pixel * parts["pixel_mse"]
+        parts = {f"pixel_{pixel_kind}": pixel_loss(sr, hr)}
+        total = w.pixel * parts[f"pixel_{pixel_kind}"]
         if vgg_module is not None and w.vgg:
             vgg_vars = frozen["vgg"]
             taps = (w.vgg_tap,)
             f_sr = vgg_module.apply(vgg_vars, sr, taps=taps)[w.vgg_tap]
             f_hr = jax.lax.stop_gradient(vgg_module.apply(vgg_vars, hr, taps=taps)[w.vgg_tap])
-            parts["vgg"] = losses.feature_mse(f_sr, f_hr)
+            parts["vgg"] = feature_loss(f_sr, f_hr)
             total += w.vgg * parts["vgg"]
         if discriminator is not None and w.adversarial:
             fake, _ = d_apply(state.d_params, state.d_batch_stats, sr)
-            parts["adversarial"] = losses.generator_adversarial(fake)
+            if relativistic:
+                real = jax.lax.stop_gradient(d_apply(state.d_params, state.d_batch_stats, hr)[0])
+                parts["adversarial"] = losses.relativistic_generator(real, fake)
+            else:
+                parts["adversarial"] = losses.generator_adversarial(fake)
             total += w.adversarial * parts["adversarial"]
         if w.get("tv", 0.0):
             parts["tv"] = losses.total_variation(sr)
@@ -327,44 +337,43 @@ def extra_d_passes(config, step: int) -> int:
 
 
 class Validator:
-    """PSNR-Y / SSIM-Y of the generator on the validation split, next to bicubic on the same images."""
+    """PSNR-Y / SSIM-Y of the generator on the validation split, next to bicubic on the same images: scored by
+    ``jsr.evaluate``'s own evaluator and baseline (outputs rounded as saved, Pillow bicubic of the uint8 LR), so the
+    numbers that choose ``best/`` are the ones ``jsr-evaluate`` reports for it."""
 
-    def __init__(self, config, generator: Generator):
+    def __init__(self, config, generator):
+        from jsr.evaluate import MetricEvaluator, baseline
+
         source = jdata.make_source(config.data, "validation")
         limit = config.get("eval_max_images", 0) or len(source)
         records = [source[i] for i in range(min(limit, len(source)))]
         if not records:
             raise TrainingError("the validation split is empty: check config.data")
         self.scale = config.data.scale
-        self.lr = [r["lr"].astype(np.float32) / 255 for r in records]
-        self.hr = [r["hr"].astype(np.float32) / 255 for r in records]
+        self.lr_uint8 = [r["lr"] for r in records]
+        self.hr_uint8 = [r["hr"] for r in records]
+        self.lr = [lr.astype(np.float32) / 255 for lr in self.lr_uint8]
+        self.hr = [hr.astype(np.float32) / 255 for hr in self.hr_uint8]
         self.ids = [str(r["id"]) for r in records]
         self.mesh = parallel.make_mesh(jax.local_devices())  # every process validates on its own devices
         self.generator = generator.clone(dtype=jnp.float32)
         self.upscaler: Upscaler | None = None
-        self.bicubic = [
-            np.clip(images.resize(lr, hr.shape[:2], "bicubic"), 0, 1) for lr, hr in zip(self.lr, self.hr, strict=True)
-        ]
-        self.baseline = self._scores(self.bicubic)
-
-    @functools.cached_property
-    def _metric_fn(self) -> Callable:
-        border = self.scale
-        return jax.jit(lambda sr, hr: (metrics.psnr(sr, hr, border, "y"), metrics.ssim(sr, hr, border, "y")))
+        self.evaluator = MetricEvaluator(border=self.scale, mesh=self.mesh)
+        sizes = [hr.shape[:2] for hr in self.hr_uint8]
+        bicubic = baseline("bicubic").produce(self.ids, self.lr_uint8, sizes)
+        self.bicubic = [b.astype(np.float32) / 255 for b in bicubic]
+        self.baseline = self._scores(bicubic)
 
     def _scores(self, outputs: list[np.ndarray]) -> tuple[float, float]:
-        psnrs, ssims = [], []
-        for sr, hr in zip(outputs, self.hr, strict=True):
-            p, s = self._metric_fn(sr[None], hr[None])
-            psnrs.append(float(p[0]))
-            ssims.append(float(s[0]))
-        return float(np.mean(psnrs)), float(np.mean(ssims))
+        scored = self.evaluator(outputs, self.hr_uint8)
+        return float(np.mean([s["psnr_y"] for s in scored])), float(np.mean([s["ssim_y"] for s in scored]))
 
     def __call__(self, variables: dict) -> tuple[dict[str, float], list[np.ndarray]]:
         """Scores of the generator with ``variables`` (replicated, possibly multi-process arrays)."""
         variables = parallel.local_copy(variables)
         if self.upscaler is None:
-            self.upscaler = Upscaler(self.generator, variables, mesh=self.mesh)
+            # the path jsr-evaluate runs a saved model with: XLA's convolutions (Winograd differs by ~1e-5)
+            self.upscaler = Upscaler(self.generator, variables, mesh=self.mesh, conv="xla")
         else:
             self.upscaler.set_variables(variables)
         outputs = self.upscaler.upscale_many(self.lr)
@@ -390,9 +399,20 @@ class Validator:
 # ------------------------------------------------------------------------------------------------ the run
 
 
+LOSS_CHOICES = {"pixel_kind": ("mse", "l1"), "vgg_criterion": ("mse", "l1"), "gan": ("standard", "relativistic")}
+DISCRIMINATORS = {"srgan": "srgan_discriminator", "unet_sn": "unet_discriminator_sn"}
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
     if config.stage not in STAGES:
         raise TrainingError(f"config.stage {config.stage!r}: choose from {STAGES}")
+    for field, choices in LOSS_CHOICES.items():
+        if config.loss.get(field, choices[0]) not in choices:
+            raise TrainingError(f"config.loss.{field}={config.loss[field]!r}: choose from {choices}")
+    if config.discriminator.get("arch", "srgan") not in DISCRIMINATORS:
+        raise TrainingError(
+            f"config.discriminator.arch={config.discriminator.arch!r}: choose from {tuple(DISCRIMINATORS)}"
+        )
     if config.model.get("scale", config.data.scale) != config.data.scale:
         raise TrainingError(
             f"config.model.scale={config.model.scale} differs from config.data.scale="

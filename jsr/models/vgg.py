@@ -1,7 +1,8 @@
 """VGG19 feature extractor in torchvision's layout, for perceptual losses and metrics.
 
 Takes images in [-1, 1] (the generator's range), maps them to [0, 1] and applies the ImageNet
-normalisation itself. Features are taken AFTER the ReLU, as SRGAN defines VGG22 / VGG54.
+normalisation itself. Taps ``reluB_I`` are AFTER the ReLU, as SRGAN defines VGG22 / VGG54; taps ``convB_I`` are
+the same layer BEFORE its ReLU, as ESRGAN's perceptual loss takes them.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # torchvision cfg "E": convs per block, channels per block; a 2x2 max pool follows every block.
 VGG19_BLOCKS = ((2, 64), (2, 128), (4, 256), (4, 512), (4, 512))
 VGG19_TAPS = tuple(f"relu{b + 1}_{i + 1}" for b, (n, _) in enumerate(VGG19_BLOCKS) for i in range(n))
+PRE_ACTIVATION_TAPS = tuple(tap.replace("relu", "conv") for tap in VGG19_TAPS)
 # Variable collection of the kernels' input-gradient forms (``with_input_grad_kernels``); read only with conv='fast'.
 INPUT_GRAD_KERNELS = "input_grad_kernels"
 
@@ -63,10 +65,10 @@ class VGG19Features(nn.Module):
 
     @nn.compact
     def __call__(self, x, taps: Sequence[str] = ("relu2_2", "relu5_4")) -> dict[str, jnp.ndarray]:
-        unknown = [t for t in taps if t not in VGG19_TAPS]
+        unknown = [t for t in taps if t not in VGG19_TAPS and t not in PRE_ACTIVATION_TAPS]
         if unknown:
-            raise ValueError(f"unknown VGG19 taps {unknown}; choose from {list(VGG19_TAPS)}")
-        last = max(VGG19_TAPS.index(t) for t in taps)
+            raise ValueError(f"unknown VGG19 taps {unknown}; choose from {list(VGG19_TAPS + PRE_ACTIVATION_TAPS)}")
+        last = max(VGG19_TAPS.index(t.replace("conv", "relu")) for t in taps)
         x = (x.astype(jnp.float32) + 1.0) / 2.0
         x = (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
         x = x.astype(self.dtype)
@@ -84,16 +86,12 @@ class VGG19Features(nn.Module):
                 if self.conv == "fast" and self.has_variable(INPUT_GRAD_KERNELS, name):
                     flipped = self.get_variable(INPUT_GRAD_KERNELS, name)
                     conv = functools.partial(fast_conv, input_grad_kernel=flipped)
-                x = nn.relu(
-                    nn.Conv(
-                        features,
-                        (3, 3),
-                        padding=((1, 1), (1, 1)),
-                        dtype=self.dtype,
-                        conv_general_dilated=conv,
-                        name=name,
-                    )(x)
-                )
+                x = nn.Conv(
+                    features, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, conv_general_dilated=conv, name=name
+                )(x)
+                if name in taps:
+                    out[name] = x.astype(jnp.float32)
+                x = nn.relu(x)
                 tap = f"relu{b + 1}_{i + 1}"
                 if tap in taps:
                     out[tap] = x.astype(jnp.float32)
