@@ -207,8 +207,10 @@ def baseline(method: str) -> Method:
 
 def model_method(name: str, directory: str, scale: int, mesh) -> Method:
     from jsr.checkpoints import ModelFileError, load_model
+    from jsr.hub import resolve_weights
     from jsr.inference import Upscaler
 
+    directory = str(resolve_weights(directory))  # a named release: downloaded, verified and converted once
     try:
         module, variables = load_model(directory, expect="generator")
     except ModelFileError as e:

@@ -197,7 +197,7 @@ def initial_state(config, generator, discriminator, tx_g, tx_d) -> TrainState:
     g_vars = init_generator_variables(config, generator, g_key)
     d_params, d_stats, d_opt = {}, {}, {}
     if discriminator is not None:
-        side = discriminator.patch_size
+        side = getattr(discriminator, "patch_size", 32)  # the U-Net takes any multiple of 8
         d_vars = discriminator.init(d_key, jnp.zeros((1, side, side, 3)))
         d_params, d_stats = d_vars["params"], d_vars["batch_stats"]
         d_opt = tx_d.init(d_params)
@@ -247,7 +247,11 @@ def make_steps(config, generator, discriminator, vgg_module, tx_g, tx_d, g_bn_tr
             return archs.convert_range(sr, model_range, (-1.0, 1.0)), updates["batch_stats"]
         return archs.convert_range(generator.apply(variables, lr, train=False), model_range, (-1.0, 1.0)), batch_stats
 
+    d_range = archs.value_range(discriminator) if discriminator is not None else (-1.0, 1.0)
+
     def d_apply(params, batch_stats, x):
+        """Logits of images in [-1, 1], whatever range the discriminator works in; its state updated."""
+        x = archs.convert_range(x, (-1.0, 1.0), d_range)
         logits, updates = discriminator.apply(
             {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
         )
@@ -455,16 +459,23 @@ class StandardParts:
     d_only_step: Callable
 
 
+def build_discriminator(config, conv: str):
+    """SRGAN-PyTorch's discriminator (a fixed patch size) or Real-ESRGAN's U-Net with spectral norm (any size)."""
+    kind = config.discriminator.get("arch", "srgan")
+    if kind == "srgan":
+        patch = discriminator_patch(config)
+        return Discriminator(
+            patch_size=patch, n_feats=config.discriminator.n_feats, dtype=compute_dtype(config), conv=conv
+        )
+    options = {"num_in_ch": 3, "num_feat": config.discriminator.n_feats, "dtype": compute_dtype(config), "conv": conv}
+    return archs.get(DISCRIMINATORS[kind]).build(options)
+
+
 def build_standard(config, generator: Generator) -> StandardParts:
     """Discriminator, VGG, optimisers, initial state and the jitted steps of ``make_steps`` for ``config``."""
     discriminator = None
     if config.stage == "gan" and config.loss.adversarial:
-        discriminator = Discriminator(
-            patch_size=discriminator_patch(config),
-            n_feats=config.discriminator.n_feats,
-            dtype=compute_dtype(config),
-            conv=generator.conv,
-        )
+        discriminator = build_discriminator(config, generator.conv)
     vgg_module, vgg_vars = load_vgg(config) if config.stage == "gan" and config.loss.vgg else (None, None)
     trainable = tuple(config.optim.get("trainable", ()))
     g_bn_train = not (trainable and config.optim.get("freeze_frozen_batch_stats", True))

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from jsr.errors import FAILURE, UserError, run_cli
+from jsr.hub import weights_help
 from jsr.images import (
     IMAGE_SUFFIXES,
     MAX_PIXELS,
@@ -133,7 +134,7 @@ class TileProgress:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jsr.upscale", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--weights", required=True, help="model directory: converted weights or a training workdir")
+    parser.add_argument("--weights", required=True, help=weights_help())
     parser.add_argument("--input", required=True, type=Path, help="an image file or a folder of images")
     parser.add_argument("--output", required=True, type=Path, help="a .png file, or a folder")
     parser.add_argument(
@@ -195,9 +196,10 @@ def _run(args: argparse.Namespace, background) -> int:
     from tqdm import tqdm
 
     from jsr.checkpoints import load_model
+    from jsr.hub import resolve_weights
     from jsr.inference import Upscaler
 
-    module, variables = load_model(args.weights, expect="generator")
+    module, variables = load_model(resolve_weights(args.weights), expect="generator")
     options = dict(tile=args.tile, overlap=args.overlap, force_tiles=args.tile is not None)
     upscaler = Upscaler(module, variables, conv=module.conv if args.conv == "auto" else args.conv, **options)
     if args.conv == "auto" and pays_for_winograd(upscaler, [input_size(source, args.max_pixels) for source, _ in jobs]):
