@@ -47,6 +47,8 @@ def write_file(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> P
     """Write ``path`` atomically: ``write(f)`` fills a staging file, which is renamed over ``path`` when complete."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in _leftovers(path, PARTIAL):  # killed writers' copies of this very file
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=_staging_prefix(path, PARTIAL), dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -140,7 +142,7 @@ def heal(target: str | os.PathLike) -> list[str]:
         os.replace(previous.pop(), target)
         done.append(f"restored {target} from the copy an interrupted replacement had set aside")
     for path in previous + _leftovers(target, PARTIAL):
-        if path.is_dir():
+        if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)

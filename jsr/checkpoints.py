@@ -32,6 +32,7 @@ VARIABLES_DIR = "variables"
 TRAIN_CHECKPOINTS = "checkpoints"
 FORMAT_VERSION = 1
 MODEL_ENTRIES = (MODEL_FILE, VARIABLES_DIR)  # all that a model directory holds
+OS_LITTER = (".DS_Store", "Thumbs.db", "desktop.ini")  # what file browsers drop into any folder they show
 
 
 class ModelFileError(UserError):
@@ -67,13 +68,15 @@ def save_model(
     ``overwrite`` replaces an existing model directory, and only that: a folder holding anything else is refused.
     """
     directory = Path(directory).absolute()
+    if directory.is_symlink():  # replace what the link points at, keep the link
+        directory = directory.resolve()
     atomic.heal(directory)
     if directory.exists() and not directory.is_dir():
         raise ModelFileError(f"{directory} is a file, not a folder; choose another output")
     if directory.is_dir() and any(directory.iterdir()):
         if not overwrite:
             raise ModelFileError(f"{directory} exists and is not empty; choose another output or allow overwriting")
-        foreign = sorted(p.name for p in directory.iterdir() if p.name not in MODEL_ENTRIES)
+        foreign = sorted(p.name for p in directory.iterdir() if p.name not in MODEL_ENTRIES + OS_LITTER)
         if foreign or not (directory / MODEL_FILE).is_file():
             shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
             raise ModelFileError(
@@ -136,6 +139,7 @@ def load_model(directory: str | os.PathLike, expect: str | None = None) -> tuple
     architecture name such as 'vgg19') refuses anything else before reading the weights.
     """
     directory = Path(directory).absolute()
+    atomic.heal(directory)  # a replacement killed half-way: put the old version back first
     description = read_description(directory)
     name = description.get("arch", description["kind"])
     module = build_model(name, description["config"])

@@ -78,18 +78,13 @@ def _read_torch(path: Path) -> Any:
     return obj
 
 
-def _to_numpy(value: Any) -> np.ndarray:
-    if isinstance(value, np.ndarray):
-        # float16 and ml_dtypes' bfloat16 / float8 (numpy kind 'V') are read as float32
-        return value.astype(np.float32) if value.dtype == np.float16 or value.dtype.kind == "V" else value
-    # torch tensors: bfloat16/half have no numpy twin we want; upcast floats to float32 first.
-    if value.is_floating_point():
-        value = value.float()
-    return value.detach().cpu().numpy()
+def _to_numpy(value: np.ndarray) -> np.ndarray:
+    # float16 and ml_dtypes' bfloat16 / float8 (numpy kind 'V') are read as float32
+    return value.astype(np.float32) if value.dtype == np.float16 or value.dtype.kind == "V" else value
 
 
 def _is_tensor(value: Any) -> bool:
-    return isinstance(value, np.ndarray) or type(value).__name__ in ("Tensor", "Parameter")
+    return isinstance(value, np.ndarray)  # both readers return numpy arrays, never objects a pickle named
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, np.ndarray]:
@@ -189,6 +184,7 @@ def _with_scale(arch: archs.Architecture, config: dict[str, Any], scale: int | N
                 "scale) nor in the file name; pass --scale N"
             )
         scale = guesses.pop()
+        print(f"note: {path.name}: scale x{scale} read from the file name (--scale overrides it)", file=sys.stderr)
     return config | {"scale": scale}
 
 
@@ -235,7 +231,10 @@ def _check_against_module(kind: str, config: dict[str, Any], variables: dict, pa
 
     from jsr.checkpoints import abstract_variables, build_model
 
-    expected = jax.tree.map(lambda a: tuple(a.shape), abstract_variables(build_model(kind, config)))
+    try:
+        expected = jax.tree.map(lambda a: tuple(a.shape), abstract_variables(build_model(kind, config)))
+    except (TypeError, ValueError) as e:  # e.g. --scale 5 for a network made for x2, x3, x4
+        raise ConversionError(f"{path}: a {kind} cannot be built with {config}: {str(e).splitlines()[0]}") from None
     got = jax.tree.map(lambda a: tuple(a.shape), variables)
     if expected != got:
         raise ConversionError(

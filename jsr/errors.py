@@ -38,6 +38,8 @@ _OS_ADVICE = {
 
 def describe_os_error(e: OSError) -> str:
     """One line: which path, what the system said, what to do."""
+    if e.strerror is None and e.filename is None:  # raised with a message only
+        return " ".join(str(e).split()) or type(e).__name__
     where = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None) or "(unnamed path)"
     reason = e.strerror or os.strerror(e.errno or 0) or type(e).__name__
     advice = _OS_ADVICE.get(e.errno or 0)

@@ -128,6 +128,8 @@ def _scan(
             raise EvaluationError(f"--dataset {spec}: {path}: {reason}; fix or remove it") from e
         lines = "\n".join(f"  {path}: {reason}" for path, reason in e.bad)
         raise EvaluationError(f"--dataset {spec}: {len(e.bad)} unusable file(s):\n{lines}\nFix or remove them.") from e
+    except ValueError as e:  # two files of one name, no usable image
+        raise EvaluationError(f"--dataset {spec}: {e}") from None
     source = sources.FolderSource(records, scale, downscale, max_pixels=max_pixels)
     return Dataset(spec, scale, source, sizes=list(source.sizes()), stems=[r.id for r in records])
 

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jsr import archs, parallel
+from jsr.errors import UserError
 from jsr.ops.conv import CONV_PATHS
 
 DEFAULT_TILE = 256  # LR pixels; images whose sides fit in one tile window run whole
@@ -82,7 +83,10 @@ class Upscaler:
         if arch.role != "generator":
             raise TypeError(f"Upscaler needs a generator, got a {arch.role} ({arch.name})")
         if arch.colour != "rgb":
-            raise NotImplementedError(f"{arch.name} sees only luma; the Upscaler runs RGB networks only")
+            raise UserError(
+                f"{arch.name} sees only luma (Y) and jsr's upscaling and evaluation run RGB networks only: its "
+                "converted weights load (jsr.checkpoints.load_model) for use from Python"
+            )
         self.mesh = mesh or parallel.make_mesh(jax.local_devices())
         if conv == "auto":
             on_cpu = self.mesh.devices.flat[0].platform == "cpu"
@@ -92,12 +96,14 @@ class Upscaler:
         module = module.clone(conv=conv)
         self.module = module
         self.scale = module.scale
-        self.tile = int(tile or DEFAULT_TILE)
+        # networks that pixel-unshuffle their input (RRDBNet x2 / x1) need tiles and context on their grid
+        align = int(getattr(module, "alignment", 1))
+        self.tile = _round_up(int(tile or DEFAULT_TILE), align)
         self.radius = module.receptive_radius if arch.exact_tiling else None  # None: tiles are never exact
-        self.overlap = (self.radius or INEXACT_OVERLAP) if overlap is None else int(overlap)
+        self.overlap = _round_up((self.radius or INEXACT_OVERLAP) if overlap is None else int(overlap), align)
         if self.tile < 1 or self.overlap < 0:
             raise ValueError(f"tile must be >= 1 and overlap >= 0, got tile={tile} overlap={overlap}")
-        self.bucket = bucket
+        self.bucket = _round_up(bucket, align)
         self.force_tiles = force_tiles
         self.num_devices = self.mesh.devices.size
         tile_batch = self.num_devices if tile_batch is None else tile_batch
@@ -163,7 +169,8 @@ class Upscaler:
             yield pending[0], np.asarray(pending[1])
 
     def fits_whole(self, h: int, w: int) -> bool:
-        return not self.force_tiles and h <= self.window and w <= self.window
+        # networks with global operations run whole (exact) unless tiles are asked for
+        return not self.force_tiles and (self.radius is None or (h <= self.window and w <= self.window))
 
     def bucket_shape(self, h: int, w: int) -> tuple[int, int]:
         return _round_up(h, self.bucket), _round_up(w, self.bucket)

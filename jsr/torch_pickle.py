@@ -583,7 +583,8 @@ class _InertUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its opco
         elif isinstance(obj, _PendingArray):
             self.stack[-1] = _numpy_array_from_state(state)
         elif type(obj) in (OrderedDict, Counter) and isinstance(state, Mapping):
-            obj.__dict__.update((k, v) for k, v in state.items() if isinstance(k, str))  # e.g. _metadata
+            # state_dict's _metadata only: other attributes could shadow the mapping's own methods
+            obj.__dict__.update((k, v) for k, v in state.items() if k == "_metadata")
         else:
             raise RefusedPickle(f"refused: the pickle would set the state of {obj!r:.80}, i.e. run its code")
 
@@ -902,6 +903,11 @@ def _collect(module: StandIn, prefix: str, out: dict[str, np.ndarray], depth: in
         raise TorchPickleError(f"modules nested deeper than 500 levels at {prefix!r:.80}")
     state = vars(module)
     skipped = state.get("_non_persistent_buffers_set") or set()
+    for field in ("_parameters", "_buffers", "_modules"):
+        if not isinstance(state.get(field) or {}, Mapping):
+            raise TorchPickleError(f"{prefix or 'the module'}'s {field} is a {type(state[field]).__name__}, not a dict")
+    if not isinstance(skipped, set | frozenset | list | tuple):
+        raise TorchPickleError(f"{prefix or 'the module'}'s _non_persistent_buffers_set is a {type(skipped).__name__}")
     for group in ("_parameters", "_buffers"):
         for name, value in (state.get(group) or {}).items():
             if value is None or (group == "_buffers" and name in skipped):

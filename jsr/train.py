@@ -93,7 +93,8 @@ class GeneratorSpec:
 
 
 def generator_spec(config: ml_collections.ConfigDict) -> GeneratorSpec:
-    """config.model.arch '' takes init_from's architecture and arguments; srresnet is built from config.model."""
+    """config.model.arch '' takes init_from's architecture and arguments (config.model.n_feats etc. are then not
+    used); without init_from, srresnet is built from config.model, another architecture from config.model.options."""
     arch = config.model.get("arch", "")
     if config.init_from and arch in ("", None):
         try:
@@ -101,14 +102,13 @@ def generator_spec(config: ml_collections.ConfigDict) -> GeneratorSpec:
         except checkpoints.ModelFileError as e:
             raise TrainingError(f"config.init_from: {e}") from e
         name = archs.resolve(description.get("arch", description["kind"])).name
-        if name != "srresnet":
-            spec = GeneratorSpec(name, dict(description["config"]))
-            if spec.config.get("scale", config.data.scale) != config.data.scale:
-                raise TrainingError(
-                    f"config.init_from is a x{spec.config['scale']} {name}, but config.data.scale is "
-                    f"{config.data.scale}; set them equal"
-                )
-            return spec
+        spec = GeneratorSpec(name, dict(description["config"]))
+        if spec.config.get("scale", config.data.scale) != config.data.scale:
+            raise TrainingError(
+                f"config.init_from is a x{spec.config['scale']} {name}, but config.data.scale is "
+                f"{config.data.scale}; set them equal"
+            )
+        return spec
     if arch not in ("", None, "srresnet"):
         if arch not in archs.REGISTRY or archs.get(arch).role != "generator":
             known = sorted(name for name, a in archs.REGISTRY.items() if a.role == "generator")
@@ -765,14 +765,25 @@ def main(argv: list[str] | None = None) -> int:
     flags.mark_flags_as_required(["config", "workdir"])
     try:
         flags.FLAGS(argv)
+        config = flags.FLAGS.config
+        config.keys()  # a config file that failed to load raises only when first used
     except flags.Error as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        text = str(e).strip().splitlines()
+        # a config file that raised: its own last line (e.g. "ValueError: unknown variant ...") is the sentence
+        cause = text[-1].strip() if "Traceback" in str(e) else " ".join(str(e).split())
+        print(
+            f"error: {text[0].split(': Error whilst')[0] + ': ' if 'Traceback' in str(e) else ''}{cause}",
+            file=sys.stderr,
+        )
         return USAGE
     except (AttributeError, KeyError) as e:  # an unknown --config.field: ml_collections' did-you-mean message
         return _unknown_field(e, argv)
+    except (OSError, ValueError, ImportError, SyntaxError) as e:  # the config file itself: missing, unreadable
+        print(f"error: --config: {str(e).strip().splitlines()[-1].strip() or type(e).__name__}", file=sys.stderr)
+        return USAGE
     if not flags.FLAGS["verbosity"].present:  # Orbax logs every save at INFO; keep the console readable
         logging.set_verbosity(logging.WARNING)
-    return run_cli(lambda: train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir) and 0)
+    return run_cli(lambda: train_and_evaluate(config, flags.FLAGS.workdir) and 0)
 
 
 def _unknown_field(e: Exception, argv: list[str]) -> int:

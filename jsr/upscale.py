@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jsr.errors import FAILURE, UserError, run_cli
+from jsr.errors import FAILURE, USAGE, UserError, run_cli
 from jsr.hub import weights_help
 from jsr.images import (
     IMAGE_SUFFIXES,
@@ -85,9 +85,19 @@ def plan_outputs(input_path: Path, output_path: Path, overwrite_inputs: bool = F
     return jobs
 
 
+def _identity(path: Path) -> tuple[int, int]:
+    info = path.stat()
+    return info.st_dev, info.st_ino
+
+
 def _refuse_replacing_inputs(jobs: list[tuple[Path, Path]]) -> None:
     inputs = {source.resolve(): source for source, _ in jobs}  # resolve(): through symlinks too
-    clashes = [(inputs[d.resolve()], d) for _, d in jobs if d.resolve() in inputs]
+    identities = {_identity(source): source for source, _ in jobs}  # and case-insensitive file systems
+    clashes = [
+        (inputs.get(d.resolve()) or identities[_identity(d)], d)
+        for _, d in jobs
+        if d.resolve() in inputs or (d.exists() and _identity(d) in identities)
+    ]
     if clashes:
         source, destination = clashes[0]
         more = f" (and {len(clashes) - 1} more)" if len(clashes) > 1 else ""
@@ -204,10 +214,10 @@ def _run(args: argparse.Namespace, background) -> int:
     upscaler = Upscaler(module, variables, conv=module.conv if args.conv == "auto" else args.conv, **options)
     if args.conv == "auto" and pays_for_winograd(upscaler, [input_size(source, args.max_pixels) for source, _ in jobs]):
         upscaler = Upscaler(module, variables, conv="auto", **options)  # Winograd on a CPU
-    if upscaler.radius is None:
+    if upscaler.radius is None and args.tile is not None:
         print(
-            "note: this network has global operations: images larger than one tile are tiled approximately "
-            "(see README, Upscale)",
+            "note: this network has global operations: with --tile its tiles differ slightly from the whole image "
+            "(see README, Architectures); without --tile images run whole",
             file=sys.stderr,
         )
     elif not upscaler.exact:
@@ -243,6 +253,8 @@ def _run(args: argparse.Namespace, background) -> int:
     )
     for failure in failures:
         print(f"failed: {failure}", file=sys.stderr)
+    if failures and len(jobs) == 1:
+        return USAGE  # the one input is bad: bad input, not a partly failed run
     return FAILURE if failures else 0
 
 

@@ -133,4 +133,5 @@ def from_model_range(module: Any, y):
 
 
 # the built-in architectures
-from jsr.archs import compact, fsrcnn, imdn, pan, srgan_discriminator, srresnet, vdsr, vgg19  # noqa: E402, F401, I001
+from jsr.archs import compact, edsr, fsrcnn, imdn, pan, rrdbnet, srgan_discriminator, srresnet  # noqa: E402, F401, I001
+from jsr.archs import unet_discriminator, vdsr, vgg19  # noqa: E402, F401, I001

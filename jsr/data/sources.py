@@ -161,11 +161,13 @@ def _by_stem(folder: Path) -> dict[str, Path]:
 def lr_stem_match(hr_stems, lr_files: dict[str, Path], scale: int) -> dict[str, Path]:
     """LR files keyed by the HR stem they belong to: the same stem, or the benchmark sets' ``{stem}x{scale}``."""
     hr_stems = set(hr_stems)
-    matched = {}
+    matched: dict[str, Path] = {}
     for stem, path in lr_files.items():
         suffix = f"x{scale}"
         if stem not in hr_stems and stem.endswith(suffix) and stem[: -len(suffix)] in hr_stems:
             stem = stem[: -len(suffix)]
+        if stem in matched:
+            raise ValueError(f"{matched[stem]} and {path} are both the LR image of {stem!r}; keep one")
         matched[stem] = path
     return matched
 

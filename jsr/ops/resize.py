@@ -9,9 +9,10 @@ import jax.numpy as jnp
 def masked_upscale(x: jnp.ndarray, scale: int, method: str, valid_mask=None) -> jnp.ndarray:
     """``jax.image.resize`` by ``scale`` (NHWC); with a mask, the taps are renormalised over valid pixels.
 
-    jax.image.resize renormalises the taps that fall inside the image at its border, which equals PyTorch's clamping
-    of source indices there; kernel and rectangular mask both being separable, taps renormalised over a valid
-    rectangle are exactly the taps of the unpadded image, so a zero-padded canvas gives the unpadded result.
+    jax.image.resize renormalises the taps that fall inside the image at its border (for bilinear that equals
+    PyTorch's clamping of source indices; PyTorch's bicubic replicates the border instead); kernel and rectangular
+    mask both being separable, taps renormalised over a valid rectangle are exactly the taps jax.image.resize uses
+    on the unpadded image, so a zero-padded canvas gives the unpadded result.
     """
     n, h, w, _ = x.shape
     resize = lambda a: jax.image.resize(a, (n, h * scale, w * scale, a.shape[-1]), method)  # noqa: E731
