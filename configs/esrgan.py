@@ -23,7 +23,8 @@ def get_config(variant: str = ""):
     c.discriminator.n_feats = 64
     c.optim.g.learning_rate = 1e-4
     c.optim.d.learning_rate = 1e-4
-    c.num_train_steps = 400_000
+    if not variant:
+        c.num_train_steps = 400_000
     if variant == "tiny":
         c.init_from = ""  # the test passes the tiny PSNR run's workdir
         c.loss.vgg_weights = ""

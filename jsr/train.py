@@ -185,7 +185,8 @@ def init_generator_variables(config, generator: Generator, rng) -> dict:
             f"config.init_from={config.init_from} is a generator with {got}, but the "
             f"config asks for {want}: set config.model.* to match"
         )
-    expected = jax.tree.map(np.shape, variables)
+    loaded = {name: tree for name, tree in loaded.items() if tree}  # a network without BatchNorm: no batch_stats
+    expected = jax.tree.map(np.shape, {name: tree for name, tree in variables.items() if tree})
     if jax.tree.map(np.shape, loaded) != expected:
         raise TrainingError(f"config.init_from={config.init_from}: variables do not match the generator's shapes")
     return loaded

@@ -10,7 +10,10 @@ from jsr.config import load_config_file
 from jsr.data import prepare
 from jsr.train import TrainingError, check_config, train_and_evaluate
 
-CONFIGS = ["quickstart", "quickstart_deltastn", "pokemon", "pokemon_deltastn", "div2k_srresnet", "div2k_srgan"]
+CONFIGS = [
+    "quickstart", "quickstart_deltastn", "pokemon", "pokemon_deltastn", "div2k_srresnet", "div2k_srgan", "esrgan_psnr",
+    "esrgan",
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", CONFIGS)
