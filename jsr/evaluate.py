@@ -207,7 +207,8 @@ def baseline(method: str) -> Method:
     return Method(method, "baseline", produce)
 
 
-def model_method(name: str, directory: str, scale: int, mesh) -> Method:
+def model_method(name: str, directory: str, scale: int, mesh, quantise: bool = True) -> Method:
+    """A generator's outputs; ``quantise``: rounded to uint8 on the device, as ``jsr-upscale`` saves them."""
     from jsr.checkpoints import ModelFileError, load_model
     from jsr.hub import resolve_weights
     from jsr.inference import Upscaler
@@ -222,8 +223,10 @@ def model_method(name: str, directory: str, scale: int, mesh) -> Method:
     # the model's own conv path: Winograd's ~4 s of extra compilation per bucket shape rarely pays in an evaluation
     upscaler = Upscaler(module, variables, mesh=mesh, conv=module.conv)
 
+    out_dtype = np.uint8 if quantise else np.float32
+
     def produce(stems, lrs, sizes):
-        return upscaler.upscale_many([lr.astype(np.float32) / 255.0 for lr in lrs])
+        return upscaler.upscale_many([lr.astype(np.float32) / 255.0 for lr in lrs], out_dtype=out_dtype)
 
     return Method(name, "model", produce, upscaler)
 
@@ -577,7 +580,7 @@ def _methods(args, dataset: Dataset, mesh) -> list[Method]:
         name, directory = parse_named(value, "--model")
         if name in BASELINES:
             raise EvaluationError(f"--model {value}: {name!r} names a baseline; choose another NAME")
-        add(model_method(name, directory, dataset.scale, mesh))
+        add(model_method(name, directory, dataset.scale, mesh, args.quantise))
     unknown = sorted(set(args.sr_truncated) - {parse_named(v, "--sr")[0] for v in args.sr})
     if unknown:
         raise EvaluationError(f"--sr-truncated {unknown[0]}: no --sr {unknown[0]}=FOLDER is given")

@@ -381,8 +381,9 @@ class Validator:
             self.upscaler = Upscaler(self.generator, variables, mesh=self.mesh, conv="xla")
         else:
             self.upscaler.set_variables(variables)
-        outputs = self.upscaler.upscale_many(self.lr)
-        psnr_y, ssim_y = self._scores(outputs)
+        saved = self.upscaler.upscale_many(self.lr, out_dtype=np.uint8)  # rounded as jsr-upscale saves them
+        psnr_y, ssim_y = self._scores(saved)
+        outputs = [sr.astype(np.float32) / 255 for sr in saved]
         scores = {
             "val/psnr_y": psnr_y,
             "val/ssim_y": ssim_y,

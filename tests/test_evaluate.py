@@ -101,10 +101,13 @@ def test_cli_reproduces_direct_metrics(photos, tmp_path):
     # the blur is a better "method" than bicubic here: a sanity check that rows are not mixed up
     assert results["blur"]["mean"]["psnr_y"] > results["bicubic"]["mean"]["psnr_y"] + 1
 
-    # the generator: the CLI pads, batches and shards; the reference runs it on each whole image
+    # the generator: the CLI pads, batches and shards; the reference runs it on each whole image. Convolutions on a
+    # padded canvas sum in another order than on the image, so a few values a hair from a rounding tie round the
+    # other way, depending on the machine's kernels (measured: MSE 1.2e-7 off on one Xeon): MSE to 1e-6 here
+    model_tolerance = TOLERANCE | {"mse": 1e-6}
     for stem, p in pairs.items():
         want = skimage_reference(direct_model_output(module, variables, p["lr"]), p["hr"], SCALE)
-        assert_close(results["small"]["per_image"][stem], want, ("small", stem))
+        assert_close(results["small"]["per_image"][stem], want, ("small", stem), model_tolerance)
     for row in results.values():
         for metric, value in row["mean"].items():
             assert value == pytest.approx(np.mean([v[metric] for v in row["per_image"].values()]), abs=1e-12)
