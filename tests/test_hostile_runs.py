@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -321,3 +322,40 @@ def test_a_run_failure_exits_1_and_bad_input_2(tmp_path, weights):
     assert failed.returncode == 1 and (tmp_path / "out" / "good.png").is_file()  # some files failed: a run failure
     missing = cli("jsr.upscale", "--weights", tmp_path / "nowhere", "--input", tmp_path / "in", "--output", tmp_path)
     one_line_error(missing, 2, "nowhere")
+
+
+def test_two_trainer_processes_on_one_workdir_the_second_is_refused(tmp_path):
+    run = tmp_path / "run"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "jsr.train", TINY, f"--workdir={run}", "--config.num_train_steps=400",
+         "--config.eval_every_steps=400", "--config.checkpoint_every_steps=400", "--config.log_every_steps=1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        metrics = run / "metrics.jsonl"
+        while time.monotonic() < deadline and first.poll() is None and not (metrics.exists() and metrics.read_text()):
+            time.sleep(0.5)  # a logged step: the lock is held and SIGTERM handled
+        assert first.poll() is None, first.communicate()[1][-2000:]
+        second = cli("jsr.train", TINY, f"--workdir={run}")
+        one_line_error(second, 2, f"PID {first.pid}")
+    finally:
+        first.terminate()  # SIGTERM: it saves and exits 0
+        out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err[-2000:]
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == len(set(lines))  # no line written twice by two runs
+
+
+@pytest.mark.parametrize("command", ["upscale", "evaluate"])
+def test_an_output_the_system_refuses_is_one_line_and_exit_1(tmp_path, weights, command):
+    photos = tmp_path / "in"
+    write_photo(photos / "a.png", size=(48, 48))
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("keep me")
+    if command == "upscale":
+        args = ("jsr.upscale", "--weights", weights, "--input", photos, "--output", blocker / "out")
+    else:
+        args = ("jsr.evaluate", "--model", f"g={weights}", "--dataset", f"folder:{photos}", "--output", blocker / "out")
+    one_line_error(cli(*args), 1, "notes.txt")
+    assert blocker.read_text() == "keep me"
