@@ -1,6 +1,7 @@
 """Image-quality metrics: pure, jittable functions of NHWC float32 batches in [0, 1].
 
-Conventions (REFERENCE.md §1 and §4), fixed so numbers compare with papers and with the seed's table:
+Conventions (those of the SR papers' MATLAB test code, e.g. EDSR's and RCAN's), fixed so numbers compare with papers
+and with the seed's table:
 
 - ``psnr`` / ``ssim`` crop ``border`` pixels from every side (the evaluation uses ``border = scale``, as the seed and
   the papers do); ``mse``, the VGG feature MSEs and the seed's composites use the WHOLE image (the seed's code).

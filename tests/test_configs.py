@@ -1,4 +1,4 @@
-"""Every config loads (full and tiny), follows the recipes of REFERENCE.md, and the tiny variants train."""
+"""Every config loads (full and tiny), follows the recipes it cites, and the tiny variants train."""
 
 import json
 

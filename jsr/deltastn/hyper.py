@@ -3,7 +3,7 @@
 Every hyperparameter lives as one unconstrained real ``u_j``; its value is ``low + (high - low) * sigmoid(u)``
 ("bounded"), ``low + softplus(u)`` ("positive") or ``u`` itself ("unbounded"). Delta-STN perturbs the unconstrained
 values per example, ``u~ = u + softplus(s) * eps`` with ``eps ~ N(0, I)``, and learns the scales ``s`` too; the
-network's response sees ``e = u~ - u`` (REFERENCE.md §5).
+network's response sees ``e = u~ - u`` (Bae & Grosse 2020).
 
     space = HyperSpace([Hyper("dropout", 0.0, 0.9, 0.1), Hyper("weight_decay", 0.0, None, 1e-4, "positive")])
     u, s = space.init_u(), space.init_scale()        # (h,), (h,)

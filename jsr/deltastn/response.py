@@ -1,6 +1,6 @@
 """The centred structured response of Delta-STN for every ``nn.Conv`` and ``nn.Dense`` of ANY Flax Linen model.
 
-Per layer with output width D (REFERENCE.md §5): general weights W0, b0 (the layer's own parameters) and
+Per layer with output width D (Bae & Grosse 2020): general weights W0, b0 (the layer's own parameters) and
 response parameters R (shape of W0), r_b (D,) and V (h, 2D, zero init):
 
     y = W0 x + b0 + (e V)[:D] * (R x) + (e V)[D:] * r_b        e: (B, h), the per-example perturbation
@@ -226,7 +226,7 @@ def effective_sq_norm(params: dict, response: dict, e=None, include_bias: bool =
     The effective kernel of example i is W0 + R * (e_i V)[:D] (channel-wise), its bias b0 + r_b * (e_i V)[D:];
     the norm is exact (quadratic in e), computed from per-channel sums without materialising per-example weights.
     Weight decay must act on these effective weights in the response step: with ridge regression this is what makes
-    the response objective's minimiser exactly dw*/dlambda (REFERENCE.md §5).
+    the response objective's minimiser exactly dw*/dlambda (Bae & Grosse 2020).
     """
     total = 0.0
     for path in layer_paths(response):

@@ -142,7 +142,7 @@ def _split_loss(result):
 @dataclasses.dataclass(frozen=True, eq=False)
 class DeltaSTN:
     """Delta-STN for one Flax Linen model and one hyperparameter space (static configuration; the steps are pure
-    functions of a ``DeltaSTNState``). Defaults follow the authors (REFERENCE.md §5): SGD momentum 0.9 for the
+    functions of a ``DeltaSTNState``). Defaults follow the authors (Bae & Grosse 2020): SGD momentum 0.9 for the
     weights, RMSprop lr 1e-2 for u and s, sigma 1.0, tau 1e-3, K = 5 weight steps per hyper step.
 
     ``linearize_hyper``: the hyper step evaluates the validation loss on the linearised response (as the response

@@ -3,7 +3,7 @@
 Training loss L_T(w) = ||X w - y||^2 + lambda ||w||^2 with X, y the (centred) training data divided by sqrt(N), so
 ||X w - y||^2 is the training MSE; validation loss L_V(w) = MSE on held-out data. The model is one ``nn.Dense(1,
 use_bias=False)``; lambda itself (identity, the "unbounded" kind) is the one hyperparameter, so the structured
-response's kernel part V[0, 0] * R is a learned dw/dlambda, which REFERENCE.md §5 says the response objective makes
+response's kernel part V[0, 0] * R is a learned dw/dlambda, which the response objective makes (Bae & Grosse 2020)
 exactly dw*/dlambda = -(X^T X + lambda I)^{-1} w*(lambda), for any sigma.
 
 Two phases of one run:
