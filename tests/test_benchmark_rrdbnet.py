@@ -1,0 +1,52 @@
+"""Smoke test of benchmarks/rrdbnet.py (--quick: a 1-block RRDBNet on tiny shapes): every case and variant is in the
+JSON with positive timings (none is asserted against another). The jsr side alone (--no-torch): the PyTorch side's
+torch.compile variants take minutes with a cold inductor cache; its last real run is
+benchmarks/results/2026-12-01-cpu-rrdbnet.json."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("jsr_benchmarks_rrdbnet", ROOT / "benchmarks" / "rrdbnet.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def check_report(bench, saved: dict, with_torch: bool) -> None:
+    assert saved["machine"]["model_name"] and saved["versions"]["jax"]
+    assert set(saved["cases"]) == set(bench.CASES)
+    jsr_variants = {"infer_64": {"jsr_xla", "jsr_winograd"}, "train": {"jsr_fast"}}
+    jsr_variants["infer_128"] = jsr_variants["infer_64"]
+    bf16 = saved["settings"]["torch_bf16"]
+    torch_variants = {v for v, (_, _, b) in bench.TORCH_VARIANTS.items() if bf16 or not b} if with_torch else set()
+    for name, case in saved["cases"].items():
+        assert set(case["variants"]) == jsr_variants[name] | torch_variants, name
+        assert case["rounds"] == 2
+        for variant in case["variants"].values():
+            assert variant["median_s"] > 0 and variant["throughput"] > 0
+            assert variant["compile_s"] >= 0 and len(variant["times_s"]) >= 2
+        if with_torch:
+            assert case["torch_fastest_float32"] in torch_variants
+            assert case["ratio_best_float32"] > 0 and case["ratio_vs_eager"] > 0
+            assert len(case["round_ratios_best_float32"]) == 2
+    if with_torch:
+        assert saved["versions"]["torch"]
+        # the same weights on both sides
+        assert saved["checks"]["infer_64_max_abs_diff_jsr_xla_vs_torch_eager"] < 1e-4
+        first = saved["checks"]["train_first_l1_torch_eager"]
+        assert abs(saved["checks"]["train_first_l1_jsr_fast"] - first) < 1e-4 * max(1.0, first)
+    assert "| variant |" in saved["table_markdown"]
+
+
+def test_rrdbnet_benchmark_quick_without_torch(tmp_path):
+    bench = load_benchmark()
+    out = tmp_path / "rrdb.json"
+    report = bench.main(["--quick", "--no-torch", "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["cases"].keys() == report["cases"].keys()
+    check_report(bench, saved, with_torch=False)
