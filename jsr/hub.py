@@ -240,7 +240,7 @@ def resolve_weights(
     entry = lookup(str(spec))
     if entry is None:
         raise UnknownWeights(
-            f"{spec}: no such file or folder, and not a known weights name; known names: {', '.join(known_names())}"
+            f"{spec} does not exist, and is not a known weights name; known names: {', '.join(known_names())}"
         )
     root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
     model_dir = root.absolute() / "models" / entry.name
