@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ VARIABLES_DIR = "variables"
 TRAIN_CHECKPOINTS = "checkpoints"
 FORMAT_VERSION = 1
 MODEL_ENTRIES = (MODEL_FILE, VARIABLES_DIR)  # all that a model directory holds
+STRAGGLER_WAIT_S = 1.0
 OS_LITTER = (".DS_Store", "Thumbs.db", "desktop.ini")  # what file browsers drop into any folder they show
 
 
@@ -395,6 +397,9 @@ def _stderr_quiet():
             os.dup2(devnull.fileno(), 2)
             try:
                 yield
+            except BaseException:
+                time.sleep(STRAGGLER_WAIT_S)  # a failed read's other async reads finish (and report) while quiet
+                raise
             finally:
                 gc.collect()  # abandoned async reads report when collected: here, while quiet
                 sys.stderr.flush()

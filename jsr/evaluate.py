@@ -213,10 +213,10 @@ def model_method(name: str, directory: str, scale: int, mesh, quantise: bool = T
     from jsr.hub import resolve_weights
     from jsr.inference import Upscaler
 
-    directory = str(resolve_weights(directory))  # a named release: downloaded, verified and converted once
     try:
+        directory = str(resolve_weights(directory))  # a named release: downloaded, verified and converted once
         module, variables = load_model(directory, expect="generator")
-    except ModelFileError as e:
+    except (ModelFileError, UserError) as e:  # a missing directory, an unknown release name
         raise EvaluationError(f"--model {name}={directory}: {e}") from e
     if module.scale != scale:
         raise EvaluationError(f"--model {name}={directory} upscales x{module.scale}, the data set is x{scale}")

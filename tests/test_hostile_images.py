@@ -288,7 +288,7 @@ def test_upscale_max_pixels_flag_sets_the_limit(tmp_path, capsys, generator):
         "--max-pixels",
         1000,
     )
-    assert code == 1 and "good.png" in err and "--max-pixels" in err
+    assert code == 2 and "good.png" in err and "--max-pixels" in err  # the one input refused: bad input
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
     with pytest.raises(SystemExit) as info:
         upscale_main(["--weights", str(generator), "--input", str(tmp_path), "--output", "o", "--max-pixels", "0"])
