@@ -191,6 +191,8 @@ def _readable(read: Callable[[], Any], where: Path, redo: str) -> Any:
             raise
         except Exception as e:  # noqa: BLE001 - Orbax raises bare Exception, ValueError, OSError... for damaged files
             reason = _root_cause(e)
+            del e
+            time.sleep(STRAGGLER_WAIT_S)  # the failed read's other async reads finish (and report) while quiet
     raise ModelFileError(f"{where}: cannot read the saved weights ({reason}); {redo}")
 
 
