@@ -192,23 +192,21 @@ def _readable(read: Callable[[], Any], where: Path, redo: str) -> Any:
         except Exception as e:  # noqa: BLE001 - Orbax raises bare Exception, ValueError, OSError... for damaged files
             reason = _root_cause(e)
             del e
+            _drop_abandoned_orbax_reads()
             time.sleep(STRAGGLER_WAIT_S)  # the failed read's other async reads finish (and report) while quiet
     raise ModelFileError(f"{where}: cannot read the saved weights ({reason}); {redo}")
 
 
 @contextlib.contextmanager
 def _quiet_orbax():
-    """Orbax logs a warning per missing file, and a damaged file's abandoned async reads report when collected;
-    the one error line says it instead (also where sys.stderr is not file descriptor 2)."""
-    logger, hook = logging.getLogger("absl"), sys.unraisablehook
+    """Orbax logs a warning per missing file; the one error line says it instead."""
+    logger = logging.getLogger("absl")
     level = logger.level
     logger.setLevel(logging.ERROR)
-    sys.unraisablehook = lambda unraisable: None
     try:
         yield
     finally:
         logger.setLevel(level)
-        sys.unraisablehook = hook
 
 
 def _root_cause(e: BaseException) -> str:
@@ -335,6 +333,7 @@ class TrainCheckpoints:
             except (NameError, AttributeError, ImportError):
                 raise  # a bug here, not a damaged file
             except Exception as e:  # noqa: BLE001 - Orbax / tensorstore / JSON errors all mean "cannot be read"
+                _drop_abandoned_orbax_reads()
                 unreadable.append((step, _first_line(e)))
                 continue
             self._set_aside(unreadable, note)
@@ -387,6 +386,23 @@ class TrainCheckpoints:
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
+
+
+def _drop_abandoned_orbax_reads() -> None:
+    """From now on in this process, the abandoned async reads of a failed restore may be collected at any time
+    (even after stderr is back): their "Exception ignored in <coroutine>" reports are dropped; any other is kept."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_orbax_reads", False):
+        return
+
+    def hook(unraisable):
+        code = getattr(unraisable.object, "cr_code", None)
+        if code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename:
+            return
+        previous(unraisable)
+
+    hook.drops_orbax_reads = True
+    sys.unraisablehook = hook
 
 
 @contextlib.contextmanager

@@ -230,3 +230,35 @@ def test_damaged_model_cli_stderr_is_one_line(saved_model, tmp_path, case):
     assert result.returncode == 2
     assert "cannot read the saved weights" in one_error_line(result.stderr)
     assert not (tmp_path / "out.png").exists()
+
+
+def test_late_reports_of_abandoned_orbax_reads_are_dropped_and_others_kept(monkeypatch):
+    # A failed restore's pending reads may be collected after stderr is back; their reports must not reach it.
+    from jsr import checkpoints
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    checkpoints._drop_abandoned_orbax_reads()
+    checkpoints._drop_abandoned_orbax_reads()  # idempotent: one wrapper, not a chain
+
+    def coroutine_from(filename):
+        namespace = {}
+        exec(compile("async def read():\n    pass\n", filename, "exec"), namespace)
+        return namespace["read"]()
+
+    class Report:
+        def __init__(self, obj):
+            self.object, self.exc_type, self.exc_value, self.exc_traceback, self.err_msg = (
+                obj,
+                Exception,
+                None,
+                None,
+                None,
+            )
+
+    orbax_read = coroutine_from(os.path.join(os.sep, "site-packages", "orbax", "checkpoint", "serialization.py"))
+    other = coroutine_from(os.path.join(os.sep, "site-packages", "mine", "reader.py"))
+    sys.unraisablehook(Report(orbax_read))
+    sys.unraisablehook(Report(other))
+    orbax_read.close(), other.close()
+    assert [report.object for report in seen] == [other]
