@@ -40,6 +40,8 @@ def get_config(variant: str = ""):
         c.deltastn.warmup_steps = 2
         c.deltastn.weight_steps_per_hyper = 2
         c.optim.g.decay_steps = c.num_train_steps
+        # the degradation path too (LR re-made on device per example), so the tests cover its resume
+        c.deltastn.hypers = {**c.deltastn.hypers, "blur_sigma": (0.0, 3.0, 0.5), "noise_sigma": (0.0, 0.1, 0.01)}
     elif variant:
         raise ValueError(f"unknown variant {variant!r}; use '' or 'tiny'")
     return c

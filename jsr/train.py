@@ -229,12 +229,15 @@ def make_steps(config, generator, discriminator, vgg_module, tx_g, tx_d, g_bn_tr
     scale = config.data.scale
     aug = config.data.augment
     fill = jnp.asarray(jdata.augment_fill(aug))
+    degraded = jdata.degradation(config.data)
 
     def prepare(rng, batch, aug_params):
-        """uint8 batch -> augmented (lr, hr) in [-1, 1]."""
+        """uint8 batch -> augmented, degraded (lr, hr) in [-1, 1]."""
         hr, lr = jdata.to_unit(batch["hr"]), jdata.to_unit(batch["lr"])
         if aug.get("enabled", False):
             hr, lr = jdata.augment_batch(rng, hr, lr, aug_params, scale=scale, mode=aug.mode, fill=fill)
+        if degraded is not None:
+            lr = jdata.degrade.degrade_batch(jax.random.fold_in(rng, 1), hr, degraded, scale=scale)
         return lr * 2.0 - 1.0, hr * 2.0 - 1.0
 
     model_range = archs.value_range(generator)

@@ -34,7 +34,7 @@ def test_deltastn_tunes_logs_plots_and_resumes_after_kill(tmp_path, repo_root):
     lines = [json.loads(x) for x in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
     logged = [m for m in lines if "hp/rotation_deg" in m]
     assert len(logged) == 3
-    for name in ("rotation_deg", "scale", "shear_deg", "weight_decay", "input_noise"):
+    for name in ("rotation_deg", "scale", "shear_deg", "weight_decay", "input_noise", "blur_sigma", "noise_sigma"):
         first, last = logged[0][f"hp/{name}"], logged[-1][f"hp/{name}"]
         assert first != last, name  # the hyper steps (after steps 4 and 6) moved every hyperparameter
     assert logged[0]["hp/rotation_deg"] == pytest.approx(10.0, rel=1e-5)  # the configured start
@@ -58,7 +58,8 @@ def test_deltastn_tunes_logs_plots_and_resumes_after_kill(tmp_path, repo_root):
     for a, b in zip(jax_leaves(load_model(workdir)[1]), jax_leaves(load_model(tmp_path / "ref")[1]), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     final = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()][-2]
-    assert final["hp/rotation_deg"] == pytest.approx(logged[-1]["hp/rotation_deg"], rel=1e-6)
+    for name in ("rotation_deg", "blur_sigma", "noise_sigma"):  # per-example degradations replayed after the kill
+        assert final[f"hp/{name}"] == pytest.approx(logged[-1][f"hp/{name}"], rel=1e-6)
 
 
 def jax_leaves(tree):

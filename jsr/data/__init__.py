@@ -25,7 +25,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jsr import images
-from jsr.data import augment, pipeline, pokemon, sources  # noqa: F401  (pokemon registers the TFDS builder)
+from jsr.data import augment, degrade, pipeline, pokemon, sources  # noqa: F401  (pokemon registers the TFDS builder)
 from jsr.data.augment import augment_batch, make_params, to_unit
 from jsr.data.pipeline import DeviceIterator
 
@@ -35,6 +35,7 @@ __all__ = [
     "augment_batch",
     "augment_fill",
     "augment_params",
+    "degradation",
     "default_data_config",
     "make_eval_batches",
     "make_params",
@@ -83,8 +84,25 @@ def default_data_config() -> ml_collections.ConfigDict:
             "prefetch": 4,  # host batches prepared ahead (at least num_threads, one per thread)
             "device_prefetch": 2,  # batches already placed on the devices ahead
             "augment": default_augment_config(),
+            # LR re-made on device from the (augmented) HR: blur (HR px) -> x scale bicubic -> noise (std, [0, 1])
+            "degrade": ml_collections.ConfigDict({"enabled": False, "blur_sigma": 0.0, "noise_sigma": 0.0}),
         }
     )
+
+
+def degradation(cfg: ml_collections.ConfigDict, tuned=()) -> dict | None:
+    """{param: value} of the on-device degradation (``jsr.data.degrade``), or None when the pipeline's LR is used.
+
+    A degradation parameter a tuner names in ``tuned`` turns it on (the tuner's values replace these)."""
+    deg = cfg.get("degrade", None)
+    enabled = bool(deg is not None and deg.get("enabled", False))
+    if not enabled and not set(tuned) & set(degrade.PARAMS):
+        return None
+    values = {name: float(deg.get(name, 0.0)) if deg is not None else 0.0 for name in degrade.PARAMS}
+    for name, value in values.items():
+        if value < 0:
+            raise ValueError(f"config.data.degrade.{name} is {value}; it must be 0 or more")
+    return values
 
 
 def _folder_split(cfg, split: str, min_lr: int):

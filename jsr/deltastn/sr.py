@@ -2,8 +2,10 @@
 
 ``config.deltastn.hypers`` maps names to ``(low, high, init)`` (``high`` None: positive, softplus). Names are the
 augmentation magnitudes of ``jsr.data.augment.PARAM_SHAPES`` (``translate`` is one fraction used for both axes),
-``weight_decay`` (times the squared norm of every conv kernel, the response included) and ``input_noise`` (std of
-Gaussian noise added to the LR input, in [-1, 1] units). Each example gets its own perturbed values in the response
+``weight_decay`` (times the squared norm of every conv kernel, the response included), ``input_noise`` (std of
+Gaussian noise added to the LR input, in [-1, 1] units) and the degradations of ``jsr.data.degrade`` (``blur_sigma``
+of the HR, ``noise_sigma`` on the LR: the LR is then re-made from the (augmented) HR on device, the untuned one at
+``config.data.degrade``'s value). Each example gets its own perturbed values in the response
 step; validation batches are never augmented, so the hypergradient flows through the learned response only.
 Objective: validation pixel MSE (the PSNR objective).
 """
@@ -16,6 +18,7 @@ import ml_collections
 import optax
 
 from jsr import data as jdata
+from jsr.data import degrade
 from jsr.deltastn.hyper import Hyper, HyperSpace
 from jsr.deltastn.steps import DeltaSTN
 
@@ -25,10 +28,10 @@ LOSS_HYPERS = ("weight_decay", "input_noise")
 def hyper_space(cfg: ml_collections.ConfigDict) -> HyperSpace:
     hypers = []
     for name, (low, high, init) in cfg.hypers.items():
-        if name not in jdata.augment.PARAM_SHAPES and name not in LOSS_HYPERS:
+        if name not in jdata.augment.PARAM_SHAPES and name not in LOSS_HYPERS and name not in degrade.PARAMS:
             raise ValueError(
                 f"config.deltastn.hypers: unknown hyperparameter {name!r}; choose from "
-                f"{sorted(jdata.augment.PARAM_SHAPES) + list(LOSS_HYPERS)}"
+                f"{sorted(jdata.augment.PARAM_SHAPES) + list(LOSS_HYPERS) + list(degrade.PARAMS)}"
             )
         kind = "positive" if high is None else "bounded"
         hypers.append(Hyper(name, float(low), None if high is None else float(high), float(init), kind))
@@ -44,6 +47,7 @@ def make_deltastn(config: ml_collections.ConfigDict, generator, general_optimize
         raise ValueError(f"config.deltastn tunes {augmented}, but config.data.augment.enabled is False")
     fill = jnp.asarray(jdata.augment_fill(data_cfg.augment))
     scale = data_cfg.scale
+    degraded = jdata.degradation(data_cfg, tuned=space.names)
 
     def train_loss(net, batch, hp, rng):
         k_aug, k_noise = jax.random.split(rng)
@@ -54,6 +58,9 @@ def make_deltastn(config: ml_collections.ConfigDict, generator, general_optimize
                 value = hp[name]
                 params[name] = jnp.stack([value, value], axis=-1) if name == "translate" else value
             hr, lr = jdata.augment_batch(k_aug, hr, lr, params, scale=scale, mode=data_cfg.augment.mode, fill=fill)
+        if degraded is not None:  # the tuned values replace the config's, one per example
+            values = {name: hp.get(name, value) for name, value in degraded.items()}
+            lr = degrade.degrade_batch(jax.random.fold_in(k_aug, 1), hr, values, scale=scale)
         x = lr * 2.0 - 1.0
         if "input_noise" in hp:
             x = x + hp["input_noise"][:, None, None, None] * jax.random.normal(k_noise, x.shape)
