@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from jsr import atomic, images
+from jsr import atomic, compile_cache, images
 from jsr.errors import UserError, run_cli
 
 METRICS = ("mse", "psnr_y", "psnr_rgb", "ssim_y", "ssim_rgb", "vgg22", "vgg54", "seed_vgg22", "seed_vgg54")
@@ -671,7 +671,10 @@ def evaluate(args: argparse.Namespace) -> Run:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    compile_cache.add_flag(parser)
+    args = parser.parse_args(argv)
+    compile_cache.enable(not args.no_compile_cache)
     return run_cli(lambda: evaluate(args) and 0)
 
 

@@ -1,9 +1,9 @@
-"""Comparison figures like the seed's Figure 1: HR | each method with its PSNR | ... | LR input, as one PNG.
+"""Comparison figures like the seed's Figure 1: HR | each method with its PSNR | ... | LR input, as one PNG; and the
+line charts of training curves and hyperparameter trajectories (matplotlib).
 
-Pure Pillow + numpy (no matplotlib). Panels are shown at most ``max_side`` pixels on a side (Lanczos); the
-optional zoom row crops the FULL-resolution images and enlarges the crop with nearest neighbour, so pixels stay
-visible. The LR input is enlarged with nearest neighbour to the HR size, so it lines up with the others.
-"""
+Comparison panels are shown at most ``max_side`` pixels on a side (Lanczos); the optional zoom row crops the
+FULL-resolution images and enlarges the crop with nearest neighbour, so pixels stay visible. The LR input is
+enlarged with nearest neighbour to the HR size, so it lines up with the others."""
 
 from __future__ import annotations
 
@@ -86,39 +86,38 @@ def comparison_figure(
 
 
 def line_plots(
-    series: dict[str, tuple[list[float], list[float]]], path, title: str = "", panel: tuple[int, int] = (560, 140)
+    series: dict[str, tuple[list[float], list[float]]],
+    path,
+    title: str = "",
+    lines: dict[str, list[tuple[float, str]]] | None = None,
+    xlabel: str = "step",
 ) -> Path:
-    """One small line chart per name (x = step), stacked; Pillow only. Written atomically as PNG; returns the path."""
+    """One matplotlib line chart per name (x = ``xlabel``), stacked, with optional horizontal reference ``lines``
+    ({name: [(value, label)]}: a true value, a start). Written atomically as PNG; returns the path."""
+    import io
 
-    from jsr.images import write_png
+    import matplotlib
 
-    width, height = panel
-    margin, top = 70, 24 if title else 0
-    canvas = Image.new("RGB", (width, top + height * max(1, len(series))), "white")
-    draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default()
+    matplotlib.use("Agg")  # files only: no display needed
+    from matplotlib import pyplot as plt
+
+    from jsr.atomic import write_file
+
+    lines = lines or {}
+    fig, axes = plt.subplots(max(1, len(series)), 1, figsize=(7, 1.9 * max(1, len(series))), squeeze=False)
+    for ax, (name, (xs, ys)) in zip(axes[:, 0], series.items(), strict=False):
+        ax.plot(xs, ys, marker="." if len(xs) < 30 else None, label=name)
+        for value, label in lines.get(name, []):
+            ax.axhline(value, linestyle="--", color="black" if "true" in label else "grey", linewidth=1, label=label)
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        if lines.get(name):
+            ax.legend(loc="best", fontsize="small")
+    axes[-1, 0].set_xlabel(xlabel)
     if title:
-        draw.text((margin, 6), title, fill="black", font=font)
-    for k, (name, (xs, ys)) in enumerate(series.items()):
-        y0 = top + k * height
-        box = (margin, y0 + 18, width - 12, y0 + height - 18)  # plot area
-        draw.rectangle(box, outline=(160, 160, 160))
-        draw.text((margin, y0 + 4), name, fill="black", font=font)
-        if not xs:
-            continue
-        lo, hi = min(ys), max(ys)
-        hi = hi if hi > lo else lo + 1e-12
-        x_lo, x_hi = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
-        points = [
-            (box[0] + (x - x_lo) / (x_hi - x_lo) * (box[2] - box[0]), box[3] - (y - lo) / (hi - lo) * (box[3] - box[1]))
-            for x, y in zip(xs, ys, strict=True)
-        ]
-        if len(points) > 1:
-            draw.line(points, fill=(31, 119, 180), width=2)
-        else:
-            draw.ellipse([points[0][0] - 2, points[0][1] - 2, points[0][0] + 2, points[0][1] + 2], fill=(31, 119, 180))
-        draw.text((4, box[1] - 4), f"{hi:.4g}", fill="black", font=font)
-        draw.text((4, box[3] - 8), f"{lo:.4g}", fill="black", font=font)
-        draw.text((box[0], box[3] + 3), f"step {x_lo:g}", fill="black", font=font)
-        draw.text((box[2] - 60, box[3] + 3), f"step {x_hi:g}", fill="black", font=font)
-    return write_png(Path(path), np.asarray(canvas))
+        fig.suptitle(title)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return write_file(Path(path), lambda f: f.write(buffer.getvalue()))

@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jsr import archs, atomic, checkpoints, losses, metrics, parallel
+from jsr import archs, atomic, checkpoints, compile_cache, losses, metrics, parallel
 from jsr import data as jdata
 from jsr import workdir as workdirs
 from jsr.errors import USAGE, RunFailure, UserError, run_cli
@@ -743,7 +743,7 @@ def plot_hyperparameters(workdir: Path) -> Path:
 # ------------------------------------------------------------------------------------------------ entry point
 
 
-HELP = """usage: jsr-train --config=CONFIG.py[:VARIANT] --workdir=DIR [--config.FIELD=VALUE ...]
+HELP = """usage: jsr-train --config=CONFIG.py[:VARIANT] --workdir=DIR [--config.FIELD=VALUE ...] [--no-compile-cache]
 
 Train (or resume) a super-resolution generator; DIR holds checkpoints/, best/, metrics.jsonl, tensorboard/.
 
@@ -754,7 +754,8 @@ examples:
       --config.data.source=folder --config.data.folder=photos/ "--config.optim.trainable=('tail|last_conv',)"
 
 Every field and its default: jsr/config.py. An unknown field is an error. Exit codes: 0 done, 1 the run failed
-(e.g. diverged), 2 bad usage or input (config, data, workdir in use)."""
+(e.g. diverged), 2 bad usage or input (config, data, workdir in use). Compiled programs are cached in
+~/.cache/jsr/xla (or $JAX_COMPILATION_CACHE_DIR); --no-compile-cache or JSR_NO_COMPILE_CACHE=1 turns that off."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -765,6 +766,8 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv[1:]):
         print(HELP)
         return 0
+    use_cache = "--no-compile-cache" not in argv[1:]
+    argv = [a for a in argv if a != "--no-compile-cache"]
     flags.DEFINE_string("workdir", None, "directory for checkpoints, logs and the config (resumes if present)")
     config_flags.DEFINE_config_file("config", None, "a configs/*.py file", lock_config=True)
     flags.mark_flags_as_required(["config", "workdir"])
@@ -788,6 +791,7 @@ def main(argv: list[str] | None = None) -> int:
         return USAGE
     if not flags.FLAGS["verbosity"].present:  # Orbax logs every save at INFO; keep the console readable
         logging.set_verbosity(logging.WARNING)
+    compile_cache.enable(use_cache)
     return run_cli(lambda: train_and_evaluate(config, flags.FLAGS.workdir) and 0)
 
 

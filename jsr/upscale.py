@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jsr import compile_cache
 from jsr.errors import FAILURE, USAGE, UserError, run_cli
 from jsr.hub import weights_help
 from jsr.images import (
@@ -184,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         f"auto = winograd (on a CPU) when the inputs come to {WINOGRAD_MIN_PIXELS / 1e6:.1f}+ megapixels per shape "
         "to compile, else xla",
     )
+    compile_cache.add_flag(parser)
     args = parser.parse_args(argv)
+    compile_cache.enable(not args.no_compile_cache)
 
     background = None
     if args.background is not None:

@@ -8,6 +8,10 @@ from pathlib import Path
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
 
+# The jsr commands cache compiled programs in ~/.cache/jsr/xla by default; the suite keeps the user's cache out of
+# its results (every test compiles afresh). tests/test_compile_cache.py turns it on for its own commands.
+os.environ["JSR_NO_COMPILE_CACHE"] = "1"
+
 import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

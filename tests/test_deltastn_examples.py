@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from jsr.deltastn.examples import digits, ridge
 
 
@@ -25,3 +27,23 @@ def test_digits_short_schedule_beats_the_fixed_initial_setting(capsys):
     assert summary["delta-stn"]["test_loss"]["mean"] < summary["fixed"]["test_loss"]["mean"]
     assert summary["delta-stn"]["hyper_steps"]["mean"] == (1000 - 100) // 5
     assert "delta-stn" in digits.table(summary)
+
+
+@pytest.mark.referee
+def test_short_known_answer_run_moves_the_blur_towards_the_hidden_truth(referee):
+    """sr_degradation's tuning arm, 80 weight steps: the blur of the training degradation must rise from 0.3
+    towards the hidden 1.2 of the tuning set (Set14), through the learned response only."""
+    from jsr.deltastn import jit_steps
+    from jsr.deltastn.examples import sr_degradation as example
+
+    case = example.CASES["degradation"]
+    data = example.load_data(referee)
+    data = {"CBSD68": data["CBSD68"][:20], "Set14": data["Set14"]}
+    stn = example.build(case, 80, 0.05)
+    compiled = {"general": example.general_only(stn), "stn": jit_steps(stn)}
+    state, trajectory = example.train(
+        stn, compiled, data["CBSD68"], example.tuning_set(case, data, 0), 80, 0, tune=True
+    )
+    assert int(state.hyper_step) == (80 - stn.warmup_steps) // 2
+    assert trajectory[0][1]["blur_sigma"] == pytest.approx(0.3, rel=1e-5)
+    assert stn.hparams(state)["blur_sigma"] > 0.45, trajectory

@@ -1,0 +1,62 @@
+"""JAX's persistent compilation cache, on by default for every jsr command: a second run loads its compiled
+programs from disk instead of compiling them again.
+
+Where: ``JAX_COMPILATION_CACHE_DIR`` if the user set it, else ``$XDG_CACHE_HOME/jsr/xla`` (``~/.cache/jsr/xla``).
+JAX keys every entry by the program, the jax/jaxlib version, the backend and the compile options, so one folder is
+safe across jax versions and machines (an entry of another version is never loaded). Off: ``--no-compile-cache``
+or ``JSR_NO_COMPILE_CACHE=1``. A cache folder that cannot be created is a one-line warning, never an error.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+DISABLE_ENV = "JSR_NO_COMPILE_CACHE"
+MIN_COMPILE_SECONDS = 0.2  # JAX's default 1 s would skip most of an upscale's and an evaluation's programs
+
+
+def default_dir() -> Path:
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return Path(os.environ["JAX_COMPILATION_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "jsr" / "xla"
+
+
+def disabled_by_env() -> bool:
+    return os.environ.get(DISABLE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def enable(use: bool = True) -> Path | None:
+    """Turn the cache on (unless ``use`` is False or the environment disables it); returns its folder or None."""
+    import jax
+
+    if not use or disabled_by_env():
+        jax.config.update("jax_enable_compilation_cache", False)
+        return None
+    folder = default_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK):
+            raise PermissionError(f"{folder} is not writable")
+    except OSError as e:
+        print(
+            f"warning: compilation cache off ({e}); set JAX_COMPILATION_CACHE_DIR to a writable folder", file=sys.stderr
+        )
+        jax.config.update("jax_enable_compilation_cache", False)
+        return None
+    jax.config.update("jax_enable_compilation_cache", True)
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return folder
+
+
+def add_flag(parser) -> None:
+    """``--no-compile-cache`` on an argparse parser."""
+    parser.add_argument(
+        "--no-compile-cache",
+        action="store_true",
+        help=f"do not read or write the persistent compilation cache ({DISABLE_ENV}=1 does the same)",
+    )

@@ -1,0 +1,60 @@
+"""The persistent compilation cache every jsr command turns on: written on the first run, read on the second (the
+same outputs), off with --no-compile-cache, and a cache folder that cannot be made is a warning, not a failure."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers import make_generator_dir
+from PIL import Image
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("weights") / "g"
+    make_generator_dir(directory, seed=1, n_feats=8, num_blocks=1, scale=4)
+    return directory
+
+
+def upscale(cache_home, weights, photo, out, *extra):
+    env = {k: v for k, v in os.environ.items() if k not in ("JSR_NO_COMPILE_CACHE", "JAX_COMPILATION_CACHE_DIR")}
+    env["XDG_CACHE_HOME"] = str(cache_home)
+    cmd = [sys.executable, "-m", "jsr.upscale", "--weights", weights, "--input", photo, "--output", out, *extra]
+    return subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=300, env=env)
+
+
+def entries(folder):
+    return sorted(p.name for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+def test_cache_written_then_read_and_switched_off(tmp_path, weights):
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(photo)
+    cache = tmp_path / "home" / "jsr" / "xla"
+
+    first = upscale(tmp_path / "home", weights, photo, tmp_path / "a.png")
+    assert first.returncode == 0, first.stderr[-2000:]
+    written = entries(cache)
+    assert written, "the first run wrote no cache entry"
+    second = upscale(tmp_path / "home", weights, photo, tmp_path / "b.png")
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert entries(cache) == written  # every program came from the cache: nothing new compiled and stored
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(tmp_path / "a.png")), np.asarray(Image.open(tmp_path / "b.png"))
+    )
+
+    off = upscale(tmp_path / "other", weights, photo, tmp_path / "c.png", "--no-compile-cache")
+    assert off.returncode == 0, off.stderr[-2000:]
+    assert not (tmp_path / "other" / "jsr").exists()
+
+
+def test_unusable_cache_folder_is_a_warning(tmp_path, weights):
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(photo)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = upscale(blocker, weights, photo, tmp_path / "out.png")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "warning: compilation cache off" in result.stderr and (tmp_path / "out.png").is_file()
