@@ -721,8 +721,8 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, primary: bool) -> d
     if scores and primary:
         logger.note("final: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
         if config.deltastn.get("enabled", False):
-            plot = plot_hyperparameters(workdir)
-            logger.note(f"hyperparameter trajectories: {plot}")
+            plot, moves = plot_hyperparameters(workdir)
+            logger.note(f"Delta-STN moved {moves}; trajectories: {plot}")
     return scores
 
 
@@ -731,13 +731,17 @@ def all_finite(tree) -> jax.Array:
     return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def plot_hyperparameters(workdir: Path) -> Path:
-    """``hyperparameters.png`` in the workdir: each tuned hyperparameter against the step, from metrics.jsonl."""
+def plot_hyperparameters(workdir: Path) -> tuple[Path, str]:
+    """``hyperparameters.png`` in the workdir (each tuned hyperparameter against the step, from metrics.jsonl) and
+    a line "name first -> last, ..." of where they went."""
     from jsr.figures import line_plots
     from jsr.logger import read_series
 
     series = read_series(workdir, prefix="hp/")
-    return line_plots(series, workdir / "hyperparameters.png", title="Delta-STN hyperparameters")
+    moves = ", ".join(
+        f"{name.removeprefix('hp/')} {ys[0]:.4g} -> {ys[-1]:.4g}" for name, (_, ys) in series.items() if ys
+    )
+    return line_plots(series, workdir / "hyperparameters.png", title="Delta-STN hyperparameters"), moves
 
 
 # ------------------------------------------------------------------------------------------------ entry point

@@ -8,8 +8,8 @@ Urban100_first20 made the same way. Every case trains an x4 SRResNet (``MODEL``,
 times with the same number of weight steps: ``fixed_init`` (the wrong initial hyperparameters held fixed),
 ``deltastn`` (tuned from them while training) and ``oracle`` (the truth held fixed). Cases:
 
-- ``degradation``: LR = Gaussian blur of the HR (sigma* = 1.2 HR px) -> x4 bicubic -> Gaussian noise (sigma* =
-  0.04); Delta-STN starts from blur 0.3 and noise 0.002 and must move to the truth (each tuned value within 25%).
+- ``degradation``: LR = Gaussian blur of the HR (sigma* = 2.0 HR px) -> x4 bicubic -> Gaussian noise (sigma* =
+  0.02); Delta-STN starts from blur 0.3 and noise 0.002 and must move to the truth (each tuned value within 25%).
 - ``rotation_helps``: the tuning and test crops are rotated by up to 30 degrees; the rotation augmentation's
   magnitude starts at 1 degree and must rise.
 - ``rotation_harms``: upright tuning and test crops; the rotation magnitude starts at 40 degrees and must fall.
@@ -47,7 +47,10 @@ HR_CROP = 48  # training HR crop (LR 12)
 EVAL_CROP = 64  # tuning crops, and the test crops of the rotation cases
 BATCH = 16
 MARGIN = 1.5  # a crop of side MARGIN * c rotated by any angle still covers its centred c x c (sqrt(2) < 1.5)
-ZERO = 1e-3  # "zero" for a hyperparameter that must stay inside its open range
+# A rotation magnitude r draws angles from U(-r, r): -r is the same augmentation as r. Tuned in (-60, 60), it
+# starts near the sigmoid's centre, where a perturbation of the unconstrained value explores +-15 degrees; in
+# (0, 60) a start at 1 degree sits in the flat tail, explores +-0.5 degree and hardly learns its effect.
+SIGNLESS = ("rotation_deg",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,14 +65,14 @@ CASES = {
     "degradation": Case(
         "degradation",
         {"blur_sigma": (0.0, 3.0, 0.3), "noise_sigma": (0.0, 0.1, 0.002)},
-        {"blur_sigma": 1.2, "noise_sigma": 0.04},
+        {"blur_sigma": 2.0, "noise_sigma": 0.02},
         {"blur_sigma": "truth", "noise_sigma": "truth"},
     ),
     "rotation_helps": Case(
-        "rotation_helps", {"rotation_deg": (0.0, 60.0, 1.0)}, {"rotation_deg": 30.0}, {"rotation_deg": "rise"}
+        "rotation_helps", {"rotation_deg": (-60.0, 60.0, 1.0)}, {"rotation_deg": 30.0}, {"rotation_deg": "rise"}
     ),
     "rotation_harms": Case(
-        "rotation_harms", {"rotation_deg": (0.0, 60.0, 40.0)}, {"rotation_deg": ZERO}, {"rotation_deg": "fall"}
+        "rotation_harms", {"rotation_deg": (-60.0, 60.0, 40.0)}, {"rotation_deg": 0.0}, {"rotation_deg": "fall"}
     ),
 }
 
@@ -136,7 +139,7 @@ def build(case: Case, steps: int, hyper_lr: float) -> DeltaSTN:
     space = HyperSpace([Hyper(name, low, high, init) for name, (low, high, init) in case.hypers.items()])
     warmup, per_hyper = max(1, steps // 20), 2
     # large hyper steps first (to cross the range), small at the end (the tuned value settles instead of jittering)
-    hyper_lr = optax.cosine_decay_schedule(hyper_lr, max(1, (steps - warmup) // per_hyper), alpha=0.1)
+    hyper_lr = optax.cosine_decay_schedule(hyper_lr, max(1, (steps - warmup) // per_hyper), alpha=0.3)
 
     def train_loss(net, batch, hp, rng):
         lr, hr = synthesise(rng, batch["big_hr"], hp, HR_CROP)
@@ -186,7 +189,7 @@ def train(stn, compiled, train_images, val, steps: int, seed: int, u=None, tune:
     rng = np.random.default_rng(seed)
     side = math.ceil(MARGIN * HR_CROP / 4) * 4
     val_rng = np.random.default_rng(seed + 99)
-    trajectory = [(0, stn.hparams(state))]
+    trajectory = [(0, magnitudes(stn.hparams(state)))]
     for step in range(1, steps + 1):
         batch = {"big_hr": jnp.asarray(random_crops(rng, train_images, BATCH, side))}
         if not tune:
@@ -197,7 +200,7 @@ def train(stn, compiled, train_images, val, steps: int, seed: int, u=None, tune:
             pick = val_rng.integers(len(val["lr"]), size=BATCH)
             state, _ = compiled["stn"].hyper(state, {"lr": val["lr"][pick], "hr": val["hr"][pick]})
             if step % 20 == 0 or step == steps:
-                trajectory.append((step, stn.hparams(state)))
+                trajectory.append((step, magnitudes(stn.hparams(state))))
                 if log and step % (steps // 10 or 1) == 0:
                     log(f"  step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in trajectory[-1][1].items()))
     return state, trajectory
@@ -218,6 +221,10 @@ def test_psnr_y(state, test) -> float:
     return float(np.mean(values))
 
 
+def magnitudes(values: dict) -> dict:
+    return {name: abs(value) if name in SIGNLESS else value for name, value in values.items()}
+
+
 def verdict(case: Case, tuned: dict) -> dict:
     out = {}
     for name, kind in case.expect.items():
@@ -233,6 +240,16 @@ def tuning_set(case: Case, data: dict, seed: int) -> dict:
     return crop_set(data["Set14"], case.truth, 256, seed + 1)
 
 
+def targets(case: Case, checks: dict, psnr: dict) -> dict:
+    """Every case: each hyperparameter where it must go. Where the truth is a value (the degradation case), also
+    the test PSNR-Y: Delta-STN >= fixed_init + 0.3 dB and >= oracle - 0.1 dB."""
+    out = {f"{name}_{case.expect[name]}": ok for name, ok in checks.items()}
+    if all(kind == "truth" for kind in case.expect.values()):
+        out["deltastn_ge_fixed_init_plus_0.3"] = psnr["deltastn"] >= psnr["fixed_init"] + 0.3
+        out["deltastn_ge_oracle_minus_0.1"] = psnr["deltastn"] >= psnr["oracle"] - 0.1
+    return out
+
+
 def run_case(case: Case, data: dict, steps: int, seed: int, hyper_lr: float, log) -> dict:
     start = time.perf_counter()
     stn = build(case, steps, hyper_lr)
@@ -244,7 +261,7 @@ def run_case(case: Case, data: dict, steps: int, seed: int, hyper_lr: float, log
         test = [crop_set(data["Set5"] + data["Urban100_first20"], case.truth, 400, seed + 2)]
     log(f"{case.name}: tuning {list(case.hypers)} from {dict((k, v[2]) for k, v in case.hypers.items())}")
     tuned_state, trajectory = train(stn, compiled, data["CBSD68"], val, steps, seed, tune=True, log=log)
-    tuned = stn.hparams(tuned_state)
+    tuned = magnitudes(stn.hparams(tuned_state))
     fixed_state, _ = train(stn, compiled, data["CBSD68"], val, steps, seed)
     oracle_u = stn.space.unconstrain({**{k: v[2] for k, v in case.hypers.items()}, **case.truth})
     oracle_state, _ = train(stn, compiled, data["CBSD68"], val, steps, seed, u=oracle_u)
@@ -260,11 +277,7 @@ def run_case(case: Case, data: dict, steps: int, seed: int, hyper_lr: float, log
             for name, kind in case.expect.items()
         },
         "test_psnr_y": psnr,
-        "targets": {
-            **{f"{name}_{case.expect[name]}": ok for name, ok in checks.items()},
-            "deltastn_ge_fixed_init_plus_0.3": psnr["deltastn"] >= psnr["fixed_init"] + 0.3,
-            "deltastn_ge_oracle_minus_0.1": psnr["deltastn"] >= psnr["oracle"] - 0.1,
-        },
+        "targets": targets(case, checks, psnr),
         "trajectory": [{"step": s, **v} for s, v in trajectory],
         "seconds": time.perf_counter() - start,
     }
