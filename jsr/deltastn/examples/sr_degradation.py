@@ -1,7 +1,7 @@
 """Delta-STN finds a hidden degradation: known-answer proofs of hyperparameter tuning on real photographs.
 
-    python -m jsr.deltastn.examples.sr_degradation [--json] [--cases degradation rotation_helps rotation_harms]
-        [--steps 1200] [--referee ../shared/referee] [--out DIR]
+    python -m jsr.deltastn.examples.sr_degradation [--json] [--cases degradation rotation_helps noise_harms]
+        [--steps 600] [--referee ../shared/referee] [--out DIR]
 
 Training HR: CBSD68. Tuning (validation) set: Set14, whose LR was made with a hidden true setting; test: Set5 +
 Urban100_first20 made the same way. Every case trains an x4 SRResNet (``MODEL``, bicubic skip) from scratch three
@@ -12,7 +12,9 @@ times with the same number of weight steps: ``fixed_init`` (the wrong initial hy
   0.02); Delta-STN starts from blur 0.3 and noise 0.002 and must move to the truth (each tuned value within 25%).
 - ``rotation_helps``: the tuning and test crops are rotated by up to 30 degrees; the rotation augmentation's
   magnitude starts at 1 degree and must rise.
-- ``rotation_harms``: upright tuning and test crops; the rotation magnitude starts at 40 degrees and must fall.
+- ``noise_harms``: clean tuning and test crops (bicubic LR); noise augmentation of the training LR starts at
+  sigma 0.05 and must fall. (Rotation is no harmful augmentation to test with: on upright crops a 40-degree
+  rotation magnitude scored 0.19 dB ABOVE none, and Delta-STN raised it; see the README.)
 
 Training crops are cut with a margin, rotated, then centre-cropped (no fill corners); the tuning and test crops of
 the rotation cases are made by the same function, so the only difference between the sets is the hyperparameter.
@@ -50,7 +52,7 @@ MARGIN = 1.5  # a crop of side MARGIN * c rotated by any angle still covers its 
 # A rotation magnitude r draws angles from U(-r, r): -r is the same augmentation as r. Tuned in (-60, 60), it
 # starts near the sigmoid's centre, where a perturbation of the unconstrained value explores +-15 degrees; in
 # (0, 60) a start at 1 degree sits in the flat tail, explores +-0.5 degree and hardly learns its effect.
-SIGNLESS = ("rotation_deg",)
+SIGNLESS = ("rotation_deg", "noise_sigma")  # noise_sigma too: sigma * N(0, 1) is N(0, sigma^2) either sign
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,8 +73,8 @@ CASES = {
     "rotation_helps": Case(
         "rotation_helps", {"rotation_deg": (-60.0, 60.0, 1.0)}, {"rotation_deg": 30.0}, {"rotation_deg": "rise"}
     ),
-    "rotation_harms": Case(
-        "rotation_harms", {"rotation_deg": (-60.0, 60.0, 40.0)}, {"rotation_deg": 0.0}, {"rotation_deg": "fall"}
+    "noise_harms": Case(
+        "noise_harms", {"noise_sigma": (-0.1, 0.1, 0.05)}, {"noise_sigma": 0.0}, {"noise_sigma": "fall"}
     ),
 }
 
@@ -339,7 +341,7 @@ def run(referee: Path, cases, steps: int, seed: int, hyper_lr: float, out: Path 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
-    parser.add_argument("--steps", type=int, default=1200, help="weight steps per run (3 runs per case)")
+    parser.add_argument("--steps", type=int, default=600, help="weight steps per run (3 runs per case)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hyper-lr", type=float, default=0.05, help="Adam on the unconstrained hyperparameters")
     parser.add_argument("--referee", type=Path, default=Path("../shared/referee"))
