@@ -112,16 +112,12 @@ def random_crops(rng: np.random.Generator, pool: list[np.ndarray], count: int, s
     return out
 
 
-def quantised(x):
-    return jnp.round(jnp.clip(x, 0.0, 1.0) * 255.0) / 255.0
-
-
 def crop_set(folder_images, truth: dict, count: int, seed: int) -> dict:
     """``count`` fixed (lr, hr) crops made with the hidden ``truth`` (LR quantised to 8 bits, as a saved file)."""
     big = random_crops(np.random.default_rng(seed), folder_images, count, math.ceil(MARGIN * EVAL_CROP / 4) * 4)
     make = jax.jit(lambda key, x: synthesise(key, x, truth, EVAL_CROP))
     lr, hr = make(jax.random.key(seed), jnp.asarray(big))
-    return {"lr": np.asarray(quantised(lr)), "hr": np.asarray(hr)}
+    return {"lr": np.asarray(metrics.quantise(lr)), "hr": np.asarray(hr)}
 
 
 def whole_set(folder_images, truth: dict, seed: int) -> list[dict]:
@@ -130,7 +126,7 @@ def whole_set(folder_images, truth: dict, seed: int) -> list[dict]:
     for i, hr in enumerate(folder_images):
         key = jax.random.key(seed * 1000 + i)
         lr = degrade.degrade_batch(key, jnp.asarray(hr)[None], truth, scale=SCALE)
-        out.append({"lr": np.asarray(quantised(lr)), "hr": hr[None]})
+        out.append({"lr": np.asarray(metrics.quantise(lr)), "hr": hr[None]})
     return out
 
 
@@ -219,7 +215,9 @@ def test_psnr_y(state, test) -> float:
     for item in test:
         for start in range(0, len(item["lr"]), 32):
             sr = (_sr(state.params, state.model_state["batch_stats"], item["lr"][start : start + 32]) + 1.0) / 2.0
-            values.extend(np.asarray(metrics.psnr(quantised(sr), item["hr"][start : start + 32], SCALE)).tolist())
+            values.extend(
+                np.asarray(metrics.psnr(metrics.quantise(sr), item["hr"][start : start + 32], SCALE)).tolist()
+            )
     return float(np.mean(values))
 
 
