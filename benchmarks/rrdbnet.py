@@ -51,9 +51,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/run.py (stdlib only), also when loaded by path
-from run import peak_rss_mb  # noqa: E402
-
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CASES = ("infer_64", "train", "infer_128")
@@ -92,6 +89,16 @@ FLAGS_OF_INTEREST = (
     "amx_bf16",
     "amx_int8",
 )
+
+
+def peak_rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def timed_calls(fn, first: bool, warmup: int, repeats: int) -> dict:
