@@ -163,6 +163,23 @@ def test_zero_perturbation_equals_plain_generator_exactly():
     assert "conv" in response["body_1"]["conv2"] and response["last_conv"]["conv"]["R"].shape == (3, 3, 8, 3)
 
 
+def test_respond_limits_the_response_to_the_matching_layers_and_the_rest_stay_plain():
+    """A generator fine-tuned with a frozen body: only its tail responds; a response on the tail alone moves the
+    output through the tail only, and a pattern matching nothing is refused with the layer names."""
+    model = Generator(n_feats=8, num_blocks=2, scale=2)
+    x = jax.random.uniform(jax.random.PRNGKey(0), (2, 6, 6, 3), minval=-1, maxval=1)
+    variables = numpy_variables(model, x)
+    response = init_response(model, variables, x, num_hypers=2, key=jax.random.PRNGKey(2), respond=("^tail", "last"))
+    assert sorted(response) == ["last_conv", "tail_0"]
+    e = jnp.asarray([[0.3, -0.2], [0.0, 0.0]])
+    moved = apply_with_response(model, variables, random_response(response, 3), e, x)
+    plain = model.apply(variables, x)
+    assert float(jnp.max(jnp.abs(moved[0] - plain[0]))) > 1e-3  # example 0 perturbed through the tail
+    np.testing.assert_array_equal(moved[1], plain[1])  # example 1 at e = 0: exactly the plain model
+    with pytest.raises(ValueError, match="match no Conv/Dense layer.*body_0/conv1"):
+        init_response(model, variables, x, num_hypers=2, key=jax.random.PRNGKey(2), respond=("^nothing",))
+
+
 def test_response_matches_the_formula_for_conv_and_dense():
     """y = W0 x + b0 + (eV)[:D] * (R x) + (eV)[D:] * r_b, written out with lax.conv and matmul."""
     conv = nn.Conv(5, (3, 3), strides=2, padding="SAME")

@@ -47,3 +47,57 @@ def test_short_known_answer_run_moves_the_blur_towards_the_hidden_truth(referee)
     assert int(state.hyper_step) == (80 - stn.warmup_steps) // 2
     assert trajectory[0][1]["blur_sigma"] == pytest.approx(0.3, rel=1e-5)
     assert stn.hparams(state)["blur_sigma"] > 0.45, trajectory
+
+
+@pytest.mark.referee
+@pytest.mark.slow
+def test_seed_study_fine_tunes_only_the_tail_and_tunes_the_augmentation(referee):
+    """The seed study's Delta-STN row on leftthomas' released generator: the frozen body (and its BatchNorm
+    statistics) stay bit-identical to the converted checkpoint, only the trained layers respond, the nine
+    magnitudes move, and the fine-tuned tail scores differently from the released one on the tuning images."""
+    import jax
+    import numpy as np
+
+    from jsr.deltastn.examples import seed_study
+
+    study = seed_study.Study(referee, steps=8, limit=2)
+    state, trajectory = study.train(0, tune=True)
+    released = study.variables
+    for name in ("conv01", "body_0", "body_4", "conv02"):
+        for a, b in zip(jax.tree.leaves(state.params[name]), jax.tree.leaves(released["params"][name]), strict=True):
+            np.testing.assert_array_equal(a, b)
+    jax.tree.map(np.testing.assert_array_equal, state.model_state["batch_stats"], released["batch_stats"])
+    assert sorted(state.response) == ["last_conv", "tail_0", "tail_1"]
+    last = "last_conv", "conv", "kernel"
+    assert not np.array_equal(state.params[last[0]][last[1]][last[2]], released["params"][last[0]][last[1]][last[2]])
+    assert len(trajectory) > 2
+    for name, start in seed_study.SEED_VALUES.items():
+        assert trajectory[0][1][name] == pytest.approx(start, rel=1e-5)
+        assert trajectory[-1][1][name] != pytest.approx(start, rel=1e-6), name
+    tuned = study.psnr_y(study.variables_of(state), study.data["tune"])
+    plain = study.psnr_y(released, study.data["tune"])
+    assert np.isfinite(tuned) and tuned != plain
+
+
+@pytest.mark.referee
+@pytest.mark.slow
+def test_seed_study_command_writes_the_table_the_json_and_the_figure(referee, tmp_path, capsys):
+    from PIL import Image
+
+    from jsr.deltastn.examples import seed_study
+
+    code = seed_study.main(
+        ["--seeds", "0", "--steps", "4", "--trials", "1", "--referee", str(referee), "--out", str(tmp_path)]
+        + ["--limit-images", "1"]
+    )
+    assert code == 0
+    summary = json.loads((tmp_path / "seed_study.json").read_text())
+    assert set(summary["table"]) == set(seed_study.ROWS)
+    for row in summary["table"].values():
+        assert set(row) == set(seed_study.COLUMNS)
+        assert 0 < row["lpips_alex"]["mean"] < 1 and 20 < row["psnr_y"]["mean"] < 40
+    table = (tmp_path / "seed_study.md").read_text()
+    assert table.count("\n") == 2 + len(seed_study.ROWS) and "Delta-STN" in table and "LPIPS-alex" in table
+    assert table in capsys.readouterr().out
+    with Image.open(tmp_path / "seed_study.png") as figure:
+        assert figure.size[1] > 9 * 150  # one panel per tuned magnitude

@@ -24,7 +24,8 @@ that add axes to parameters (``nn.scan``, ``nn.vmap`` over parameters) are not s
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -71,8 +72,12 @@ def layer_paths(response: dict) -> list[tuple[str, ...]]:
     return found
 
 
-def init_response(model: nn.Module, variables: dict, *args, num_hypers: int, key, **kwargs) -> dict:
-    """Response parameters for every Conv/Dense layer that ``model.apply(variables, *args, **kwargs)`` calls.
+def init_response(
+    model: nn.Module, variables: dict, *args, num_hypers: int, key, respond: Sequence[str] = (), **kwargs
+) -> dict:
+    """Response parameters for every Conv/Dense layer that ``model.apply(variables, *args, **kwargs)`` calls, or,
+    with ``respond`` (regexes searched in module paths such as ``tail_0/conv``), for the layers matching one: a
+    model fine-tuned with a frozen body responds only where its weights can move.
 
     R starts normal with LeCun variance 1 / fan_in (whatever the layer's own init: a zero-initialised layer must
     not give a zero R) and r_b at ones: V is zero, so the response starts at exactly the general network, and V's
@@ -95,6 +100,13 @@ def init_response(model: nn.Module, variables: dict, *args, num_hypers: int, key
     jax.eval_shape(trace)
     if not layers:
         raise ValueError(f"{type(model).__name__} calls no nn.Dense or nn.Conv: nothing to respond")
+    if respond:
+        patterns = [re.compile(p) for p in respond]
+        chosen = {path: v for path, v in layers.items() if any(p.search("/".join(path)) for p in patterns)}
+        if not chosen:
+            names = sorted("/".join(path) for path in layers)
+            raise ValueError(f"the layers to respond {list(respond)} match no Conv/Dense layer; layers: {names}")
+        layers = chosen
     # Host numpy draws: the same values everywhere, and no XLA compilation of random kernels (seconds on a CPU).
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key) if _is_typed_key(key) else key, np.uint32))
     response: dict = {}

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from jsr import archs
 from jsr import data as jdata
 from jsr.data import degrade
 from jsr.deltastn.hyper import Hyper, HyperSpace
@@ -48,6 +49,17 @@ def make_deltastn(config: ml_collections.ConfigDict, generator, general_optimize
     fill = jnp.asarray(jdata.augment_fill(data_cfg.augment))
     scale = data_cfg.scale
     degraded = jdata.degradation(data_cfg, tuned=space.names)
+    trainable = tuple(config.optim.get("trainable", ()))
+    # as the standard method: a partly frozen generator keeps its BatchNorm statistics (the seed's fine-tuning)
+    bn_train = not (trainable and config.optim.get("freeze_frozen_batch_stats", True))
+
+    model_range = archs.value_range(generator)
+
+    def generate(net, x, train: bool):
+        """SR in [-1, 1] of x in [-1, 1], whatever range the architecture works in (leftthomas: [0, 1])."""
+        x = archs.convert_range(x, (-1.0, 1.0), model_range)
+        sr = net(x, train=True, mutable=["batch_stats"]) if train else net(x, train=False)
+        return archs.convert_range(sr, model_range, (-1.0, 1.0))
 
     def train_loss(net, batch, hp, rng):
         k_aug, k_noise = jax.random.split(rng)
@@ -64,7 +76,7 @@ def make_deltastn(config: ml_collections.ConfigDict, generator, general_optimize
         x = lr * 2.0 - 1.0
         if "input_noise" in hp:
             x = x + hp["input_noise"][:, None, None, None] * jax.random.normal(k_noise, x.shape)
-        sr = net(x, train=True, mutable=["batch_stats"])
+        sr = generate(net, x, train=bn_train)
         per_example = jnp.mean(jnp.square(sr - (hr * 2.0 - 1.0)), axis=(1, 2, 3))
         metrics = {"pixel_mse": per_example}
         if "weight_decay" in hp:
@@ -73,7 +85,7 @@ def make_deltastn(config: ml_collections.ConfigDict, generator, general_optimize
 
     def val_loss(net, batch, rng):
         lr, hr = jdata.to_unit(batch["lr"]) * 2.0 - 1.0, jdata.to_unit(batch["hr"]) * 2.0 - 1.0
-        return jnp.mean(jnp.square(net(lr, train=False) - hr), axis=(1, 2, 3))
+        return jnp.mean(jnp.square(generate(net, lr, train=False) - hr), axis=(1, 2, 3))
 
     return DeltaSTN(
         generator,
@@ -88,4 +100,5 @@ def make_deltastn(config: ml_collections.ConfigDict, generator, general_optimize
         init_sigma=cfg.init_sigma,
         warmup_steps=cfg.warmup_steps,
         weight_steps_per_hyper=cfg.weight_steps_per_hyper,
+        respond=trainable,  # the frozen layers never move: their response would model nothing
     )

@@ -146,7 +146,8 @@ class DeltaSTN:
     weights, RMSprop lr 1e-2 for u and s, sigma 1.0, tau 1e-3, K = 5 weight steps per hyper step.
 
     ``linearize_hyper``: the hyper step evaluates the validation loss on the linearised response (as the response
-    step trains it); False uses the exact structured response at e instead.
+    step trains it); False uses the exact structured response at e instead. ``respond``: regexes over module paths
+    (``response.init_response``) limiting the response to the layers whose weights train (empty: every layer).
     """
 
     model: nn.Module
@@ -162,6 +163,7 @@ class DeltaSTN:
     warmup_steps: int = 0
     weight_steps_per_hyper: int = 5
     linearize_hyper: bool = True
+    respond: tuple[str, ...] = ()
 
     # ----- state -----
 
@@ -178,6 +180,7 @@ class DeltaSTN:
             *example_args,
             num_hypers=self.space.size,
             key=k_response,
+            respond=self.respond,
             **example_kwargs,
         )
         u = self.space.init_u() if u is None else jnp.asarray(u, jnp.float32)

@@ -1,0 +1,368 @@
+"""The seed study's comparison on real data and real weights, finished: does Delta-STN tune its augmentation?
+
+    python -m jsr.deltastn.examples.seed_study [--seeds 0 1 2] [--steps 200] [--referee ../shared/referee]
+        [--out benchmarks/results/seed-study]
+
+Generator: leftthomas/SRGAN's released x4 ``netG_epoch_4_100.pth`` (the SRGAN paper's layout), converted by
+``jsr.convert``. Fine-tuned with the seed's recipe: body frozen (BatchNorm on its running statistics), the
+upsamplers and the last conv trained with Adam on pixel MSE, on 64-pixel HR crops of CBSD68 whose LR is MATLAB
+bicubic (the augmentation re-derives the LR from the warped HR, as the trainer does). Tuned and selected on Set14
+(MATLAB LR files), reported on Set5 + Urban100_first20 (MATLAB LR, whole images). Rows:
+
+- ``without fine-tuning``: the released weights;
+- ``fine-tuned, no augmentation``;
+- ``fine-tuned, the seed's augmentation``: the seed's torchvision recipe (``jsr.data.augment.SEED_RECIPE``);
+- ``random search``: ``--trials`` runs with magnitudes drawn uniformly in the ranges Delta-STN searches, the best
+  on Set14 PSNR-Y reported (trials chosen so that its compute matches Delta-STN's, measured and reported);
+- ``Delta-STN``: the nine magnitudes tuned while training, from the seed's values, each in (0, 2 x seed value).
+
+Columns: MSE ([0, 1] units, whole image), PSNR-Y and SSIM-Y (BT.601, border 4), LPIPS-alex and LPIPS-vgg (v0.1,
+real ImageNet backbones: ``jsr.perceptual``), and MSEs of VGG16 relu2_2 / relu5_3 features, the VGG16 analogues
+of the seed's VGG22 / VGG54 (which used VGG19, not available offline). Mean +- std over ``--seeds``.
+Writes ``seed_study.json``, ``seed_study.md`` and ``seed_study.png`` (Delta-STN's trajectories) to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jsr import archs, atomic, images, matlab_resize, perceptual
+from jsr.config import base_config
+from jsr.convert import convert_state_dict, read_state_dict
+from jsr.data.augment import SEED_RECIPE
+from jsr.deltastn import jit_steps
+from jsr.deltastn.sr import make_deltastn
+from jsr.errors import UserError, run_cli
+from jsr.evaluate import MetricEvaluator
+from jsr.figures import line_plots
+from jsr.optim import make_optimizer
+
+SCALE = 4
+CHECKPOINT = Path("checkpoints/leftthomas_SRGAN/netG_epoch_4_100.pth")
+LR_PATCH = 16  # training and tuning crops: 16-pixel LR, 64-pixel HR (sized for 2 CPU cores)
+BATCH = 8
+TRAINABLE = ("^tail", "^last_conv")  # the seed's recipe: the upsamplers and the last conv
+TUNED = (
+    "rotation_deg",
+    "translate",
+    "scale",
+    "shear_deg",
+    "perspective_distortion",
+    "perspective_prob",
+    "grayscale_prob",
+    "hflip_prob",
+    "vflip_prob",
+)
+SEED_VALUES = {name: float(np.max(SEED_RECIPE[name])) for name in TUNED}  # translate: (0.2, 0.2) -> 0.2
+OFF = -30.0  # unconstrained value of "no augmentation": sigmoid(-30) x range ~ 1e-11
+ROWS = ("without", "no_aug", "seed_aug", "random_search", "deltastn")
+TITLES = {
+    "without": "without fine-tuning",
+    "no_aug": "fine-tuned, no augmentation",
+    "seed_aug": "fine-tuned, the seed's augmentation",
+    "random_search": "random search (best of the trials on Set14)",
+    "deltastn": "Delta-STN (tuned while training)",
+}
+COLUMNS = {
+    "mse": ("MSE", 1e4, "x1e-4"),
+    "psnr_y": ("PSNR-Y", 1.0, "dB"),
+    "ssim_y": ("SSIM-Y", 1.0, ""),
+    "lpips_alex": ("LPIPS-alex", 1.0, ""),
+    "lpips_vgg": ("LPIPS-vgg", 1.0, ""),
+    "vgg16_relu2_2_mse": ("VGG16 relu2_2 MSE", 1.0, ""),
+    "vgg16_relu5_3_mse": ("VGG16 relu5_3 MSE", 1.0, ""),
+}
+
+
+def study_config(steps: int) -> ml_collections.ConfigDict:
+    c = base_config()
+    c.data.scale = SCALE
+    c.data.patch_size = LR_PATCH
+    c.data.augment.enabled = True
+    c.data.augment.mode = "derive"
+    c.data.augment.fill = "white"
+    for name, value in SEED_RECIPE.items():
+        c.data.augment[name] = value
+    c.optim.trainable = TRAINABLE
+    c.optim.g.learning_rate = 5e-4
+    c.optim.g.schedule = "cosine"
+    c.optim.g.decay_steps = steps
+    c.num_train_steps = steps
+    c.batch_size = BATCH
+    c.deltastn.enabled = True
+    # every magnitude starts at the seed's value, in the middle of its range: the widest exploration at the start
+    c.deltastn.hypers = {name: (0.0, 2.0 * value, value) for name, value in SEED_VALUES.items()}
+    c.deltastn.warmup_steps = max(1, steps // 10)
+    c.deltastn.weight_steps_per_hyper = 2
+    c.deltastn.hyper_lr = 5e-2
+    c.deltastn.scale_lr = 5e-2
+    c.deltastn.response_lr = 1e-3
+    return c
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def load_pairs(folder: Path, lr_folder: Path | None = None, limit: int | None = None) -> list[dict]:
+    """Mod-cropped uint8 HR and its LR: the folder's MATLAB LR files where given, else MATLAB bicubic made here."""
+    found = images.list_images(folder)[:limit]
+    if not found:
+        raise UserError(f"{folder}: no images; --referee must point at the referee folder (its images/ subfolder)")
+    pairs = []
+    for path in found:
+        hr = images.to_uint8(images.read_image(path).rgb)
+        hr = matlab_resize.mod_crop(hr, SCALE)
+        if lr_folder is not None:
+            lr_path = lr_folder / path.name.replace(".png", f"x{SCALE}.png")
+            lr = images.to_uint8(images.read_image(lr_path).rgb)
+        else:
+            lr = matlab_resize.downscale(hr, SCALE)
+        pairs.append({"name": path.stem, "hr": hr, "lr": lr})
+    return pairs
+
+
+def load_data(referee: Path, limit: int | None = None) -> dict:
+    """``limit``: the first images of each folder only (tests)."""
+    im = referee / "images"
+    return {
+        "train": load_pairs(im / "CBSD68", limit=limit),
+        "tune": load_pairs(im / "Set14" / "HR", im / "Set14" / "LR_bicubic" / f"X{SCALE}", limit=limit),
+        "test": load_pairs(im / "Set5" / "HR", limit=limit) + load_pairs(im / "Urban100_first20" / "HR", limit=limit),
+    }
+
+
+def random_crops(rng: np.random.Generator, pairs: list[dict], count: int) -> dict:
+    """``count`` aligned (HR, LR) uint8 crops at LR-pixel positions of random images."""
+    hr = np.empty((count, LR_PATCH * SCALE, LR_PATCH * SCALE, 3), np.uint8)
+    lr = np.empty((count, LR_PATCH, LR_PATCH, 3), np.uint8)
+    for i in range(count):
+        pair = pairs[rng.integers(len(pairs))]
+        h, w = pair["lr"].shape[:2]
+        y, x = rng.integers(h - LR_PATCH + 1), rng.integers(w - LR_PATCH + 1)
+        lr[i] = pair["lr"][y : y + LR_PATCH, x : x + LR_PATCH]
+        hr[i] = pair["hr"][SCALE * y : SCALE * (y + LR_PATCH), SCALE * x : SCALE * (x + LR_PATCH)]
+    return {"hr": hr, "lr": lr}
+
+
+# ------------------------------------------------------------------------------------------------ model
+
+
+def load_generator(referee: Path):
+    path = referee / CHECKPOINT
+    if not path.is_file():
+        raise UserError(f"{path}: missing; --referee must point at the referee folder (its checkpoints/ subfolder)")
+    arch, config, variables = convert_state_dict(None, read_state_dict(path), path)
+    return arch.module(**config), variables
+
+
+class Study:
+    """One Delta-STN object serves every row: fixed rows run its general step at fixed hyperparameters (the same
+    loss, the same augmentation code), the Delta-STN row its weight and hyper steps."""
+
+    def __init__(self, referee: Path, steps: int, limit: int | None = None):
+        self.steps = steps
+        self.data = load_data(referee, limit)
+        self.generator, self.variables = load_generator(referee)
+        self.config = study_config(steps)
+        optimizer = make_optimizer(self.config.optim.g, self.variables["params"], TRAINABLE)
+        self.stn = make_deltastn(self.config, self.generator, optimizer)
+        self.compiled = jit_steps(self.stn)
+        self.general = jax.jit(self._general_step)
+        self.evaluator = MetricEvaluator(border=SCALE, batch_size=1)
+        self.lpips_alex = perceptual.load_lpips(referee / "perceptual" / "lpips_alexnet.npz")
+        self.lpips_vgg = perceptual.load_lpips(referee / "perceptual" / "lpips_vgg16.npz")
+        model_range = archs.value_range(self.generator)
+        self._sr = jax.jit(
+            lambda v, lr: archs.convert_range(self.generator.apply(v, lr, train=False), model_range, (0.0, 1.0))
+        )
+        self._to_model = lambda lr: archs.convert_range(lr, (0.0, 1.0), model_range)
+
+    def _general_step(self, state, batch):
+        rng, key = jax.random.split(state.rng)
+        state, _ = self.stn.general_step(state, batch, key)
+        return state.replace(step=state.step + 1, rng=rng)
+
+    def init_state(self, seed: int, u=None):
+        x = jnp.zeros((1, LR_PATCH, LR_PATCH, 3))
+        return self.stn.init(jax.random.key(seed), self.variables, x, train=False, u=u)
+
+    def u_of(self, values: dict) -> jnp.ndarray:
+        return self.stn.space.unconstrain(values)
+
+    def train(self, seed: int, u=None, tune: bool = False):
+        """One fine-tuning run; returns (state, trajectory [(step, {name: value})])."""
+        state = self.init_state(seed, u)
+        rng, val_rng = np.random.default_rng(seed), np.random.default_rng(seed + 99)
+        trajectory = [(0, self.stn.hparams(state))]
+        for step in range(1, self.steps + 1):
+            batch = random_crops(rng, self.data["train"], BATCH)
+            if not tune:
+                state = self.general(state, batch)
+                continue
+            state, _ = self.compiled.weight(state, batch)
+            if self.stn.hyper_due(step):
+                state, _ = self.compiled.hyper(state, random_crops(val_rng, self.data["tune"], BATCH))
+                trajectory.append((step, self.stn.hparams(state)))
+        return state, trajectory
+
+    @staticmethod
+    def variables_of(state) -> dict:
+        return {"params": state.params, **state.model_state}
+
+    def upscale(self, variables, pairs) -> list[np.ndarray]:
+        out = []
+        for pair in pairs:
+            lr = self._to_model(jnp.asarray(pair["lr"][None], jnp.float32) / 255.0)
+            out.append(images.to_uint8(np.asarray(self._sr(variables, lr))[0]))
+        return out
+
+    def psnr_y(self, variables, pairs) -> float:
+        srs = self.upscale(variables, pairs)
+        return float(np.mean([m["psnr_y"] for m in self.evaluator(srs, [p["hr"] for p in pairs])]))
+
+    def test_metrics(self, variables) -> dict:
+        """Mean over the test images of every column."""
+        pairs = self.data["test"]
+        srs = self.upscale(variables, pairs)
+        rows = self.evaluator(srs, [p["hr"] for p in pairs])
+        for row, sr, pair in zip(rows, srs, pairs, strict=True):
+            distances = perceptual.perceptual_distances(
+                self.lpips_vgg, self.lpips_alex, (sr[None] / 255.0).astype(np.float32), pair["hr"][None] / 255.0
+            )
+            row.update({name: float(np.asarray(v)[0]) for name, v in distances.items()})
+        return {name: float(np.mean([r[name] for r in rows])) for name in COLUMNS}
+
+
+def draw_trials(seed: int, trials: int) -> list[dict]:
+    rng = np.random.default_rng(10_000 + seed)
+    return [{name: float(rng.uniform(0.0, 2.0 * v)) for name, v in SEED_VALUES.items()} for _ in range(trials)]
+
+
+def run_seed(study: Study, seed: int, trials: int, log) -> dict:
+    out: dict = {"rows": {}, "seconds": {}}
+
+    def timed(name, fn):
+        start = time.perf_counter()
+        result = fn()
+        out["seconds"][name] = time.perf_counter() - start
+        return result
+
+    off = jnp.full((study.stn.space.size,), OFF)
+    no_aug, _ = timed("no_aug", lambda: study.train(seed, u=off))
+    seed_aug, _ = timed("seed_aug", lambda: study.train(seed, u=study.u_of(SEED_VALUES)))
+    tuned, trajectory = timed("deltastn", lambda: study.train(seed, tune=True))
+
+    def search():
+        best = None
+        for values in draw_trials(seed, trials):
+            state, _ = study.train(seed, u=study.u_of(values))
+            score = study.psnr_y(study.variables_of(state), study.data["tune"])
+            log(f"  seed {seed} trial {', '.join(f'{k}={v:.3g}' for k, v in values.items())}: Set14 {score:.3f} dB")
+            if best is None or score > best[0]:
+                best = (score, values, state)
+        return best
+
+    best_score, best_values, best_state = timed("random_search", search)
+    for name, state in (("no_aug", no_aug), ("seed_aug", seed_aug), ("random_search", best_state), ("deltastn", tuned)):
+        out["rows"][name] = study.test_metrics(study.variables_of(state))
+        log(f"  seed {seed} {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in out["rows"][name].items()))
+    out["random_search"] = {"best_set14_psnr_y": best_score, "best": best_values}
+    out["deltastn"] = {"tuned": study.stn.hparams(tuned), "trajectory": [{"step": s, **v} for s, v in trajectory]}
+    return out
+
+
+def summarise(without: dict, per_seed: dict) -> dict:
+    table = {"without": {name: {"mean": value, "std": 0.0} for name, value in without.items()}}
+    for row in ROWS[1:]:
+        table[row] = {}
+        for name in COLUMNS:
+            values = [per_seed[s]["rows"][row][name] for s in per_seed]
+            table[row][name] = {"mean": float(np.mean(values)), "std": float(np.std(values))}
+    return table
+
+
+def markdown(summary: dict) -> str:
+    head = "| row | " + " | ".join(f"{label}{f' ({unit})' if unit else ''}" for label, _, unit in COLUMNS.values())
+    lines = [head + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for row in ROWS:
+        cells = []
+        for name, (_, factor, _) in COLUMNS.items():
+            m, s = summary["table"][row][name]["mean"] * factor, summary["table"][row][name]["std"] * factor
+            digits = 2 if name == "psnr_y" else 4
+            cells.append(f"{m:.{digits}f}" if row == "without" else f"{m:.{digits}f} +- {s:.{digits}f}")
+        lines.append(f"| {TITLES[row]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(per_seed: dict, path: Path) -> Path:
+    """One panel per hyperparameter; the seeds' trajectories one after another, separated by a gap (NaN)."""
+    series = {}
+    for name in TUNED:
+        xs, ys = [], []
+        for result in per_seed.values():
+            rows = result["deltastn"]["trajectory"]
+            xs += [r["step"] for r in rows] + [np.nan]
+            ys += [r[name] for r in rows] + [np.nan]
+        series[name] = (xs, ys)
+    lines = {name: [(value, f"seed recipe {value:g}")] for name, value in SEED_VALUES.items()}
+    return line_plots(series, path, title="Delta-STN on leftthomas SRGAN x4, CBSD68 -> Set14", lines=lines)
+
+
+def run(referee: Path, seeds, steps: int, trials: int, out: Path | None, log=print, limit=None) -> dict:
+    start = time.perf_counter()
+    study = Study(referee, steps, limit)
+    without = study.test_metrics(study.variables)
+    log("without fine-tuning: " + ", ".join(f"{k} {v:.4g}" for k, v in without.items()))
+    per_seed = {}
+    for seed in seeds:
+        per_seed[seed] = run_seed(study, seed, trials, log)
+    summary = {
+        "table": summarise(without, per_seed),
+        "per_seed": per_seed,
+        "steps": steps,
+        "trials": trials,
+        "batch": BATCH,
+        "lr_patch": LR_PATCH,
+        "seeds": list(seeds),
+        "hyper_ranges": {name: [0.0, 2.0 * v] for name, v in SEED_VALUES.items()},
+        "seconds": time.perf_counter() - start,
+    }
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(out / "seed_study.json", json.dumps(summary, indent=1))
+        atomic.write_text(out / "seed_study.md", markdown(summary))
+        plot(per_seed, out / "seed_study.png")
+    return summary
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=200, help="weight steps per fine-tuning run")
+    parser.add_argument("--trials", type=int, default=3, help="random-search runs per seed")
+    parser.add_argument("--referee", type=Path, default=Path("../shared/referee"))
+    parser.add_argument("--out", type=Path, default=None, help="folder for the JSON, the table and the figure")
+    parser.add_argument("--limit-images", type=int, default=None, help="first N images of each folder (a smoke run)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = parser.parse_args(argv)
+    log = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else (lambda s: print(s, flush=True))
+
+    def go():
+        result = run(args.referee, args.seeds, args.steps, args.trials, args.out, log, args.limit_images)
+        print(json.dumps(result, indent=1) if args.json else markdown(result), end="")
+        return 0
+
+    return run_cli(go)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
