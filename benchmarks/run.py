@@ -257,8 +257,21 @@ def run_jsr(case: str, args, other_conv: str | None = None) -> list[dict]:
 # ------------------------------------------------------------------------------------------------ torch side
 
 
-def run_torch(case: str, args, python: str, overlap: int) -> dict:
+def torch_variants(args) -> list[str]:
+    """The PyTorch variants to time: ``--torch-variants``, or every one that runs on the device (CUDA graphs on
+    CUDA only)."""
+    if args.torch_variants:
+        return [v for v in args.torch_variants.split(",") if v]
+    names = ["eager", "channels_last", "compile", "channels_last_compile", "compile_max_autotune"]
+    names.append("channels_last_compile_max_autotune")
+    if args.torch_device.startswith("cuda"):
+        names += ["compile_reduce_overhead", "channels_last_compile_reduce_overhead"]
+    return names
+
+
+def run_torch(case: str, args, python: str, overlap: int, variant: str = "eager") -> dict:
     cmd = [python, str(HERE / "torch_reference.py"), "--case", case, "--repeats", str(args.repeats)]
+    cmd += ["--variant", variant]
     cmd += ["--warmup", str(args.warmup), "--batch", str(args.batch), "--patch", str(args.patch)]
     cmd += ["--n_feats", str(args.n_feats), "--num_blocks", str(args.num_blocks)]
     cmd += ["--infer_side", str(args.infer_side), "--tiled_side", str(args.tiled_side)]
@@ -269,8 +282,15 @@ def run_torch(case: str, args, python: str, overlap: int) -> dict:
         cmd.append("--amp")
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"torch reference failed for {case}:\n{done.stderr[-4000:]}")
+        raise RuntimeError(f"torch reference failed for {case} ({variant}):\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def torch_round(case: str, args, python: str, jsr_runs: list, torch_runs: dict) -> None:
+    """One run of every PyTorch variant (``torch_runs``: variant -> its runs so far), each in a fresh process."""
+    overlap = jsr_runs[0][0].get("overlap", 0) if jsr_runs else 0
+    for variant, runs in torch_runs.items():
+        runs.append(run_torch(case, args, python, overlap, variant))
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -356,6 +376,12 @@ def parse_args(argv=None):
     p.add_argument("--torch-device", default="cpu", help="cpu | cuda")
     p.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads (0 = PyTorch's default)")
     p.add_argument("--no-torch", action="store_true", help="jsr side only")
+    p.add_argument(
+        "--torch-variants",
+        default="",
+        help="comma-separated PyTorch variants (benchmarks/torch_reference.py VARIANTS); default: every one that runs "
+        "on --torch-device. With --dtype bfloat16 each runs under bfloat16 autocast",
+    )
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--patch", type=int, default=24, help="LR training patch (HR = 4x)")
     p.add_argument("--n_feats", type=int, default=64)
@@ -399,6 +425,7 @@ def main(argv=None) -> dict:
     on_accelerator = jax.default_backend() != "cpu"
     load_before = os.getloadavg()
     results, torch_versions = {}, None
+    variants = torch_variants(args)
     for case in cases:
         case_args = argparse.Namespace(**vars(args))
         if case == "infer_1024_tiled":
@@ -406,14 +433,15 @@ def main(argv=None) -> dict:
         other_conv = ("xla" if args.conv == "fast" else "fast") if args.compare_conv else None
         # --rounds alternates whole jsr and torch runs in the order jsr, torch, torch, jsr, jsr, ... (ABBA), so that
         # minutes-long drift of the machine hits both sides alike
-        jsr_runs, torch_runs = [], []
+        jsr_runs, torch_runs = [], {v: [] for v in variants}
+
         for r in range(args.rounds):
             torch_first = r % 2 == 1 and torch_python
             if torch_first:
-                torch_runs.append(run_torch(case, case_args, torch_python, jsr_runs[0][0].get("overlap", 0)))
+                torch_round(case, case_args, torch_python, jsr_runs, torch_runs)
             jsr_runs.append(run_jsr(case, case_args, other_conv))
             if torch_python and not torch_first:
-                torch_runs.append(run_torch(case, case_args, torch_python, jsr_runs[-1][0].get("overlap", 0)))
+                torch_round(case, case_args, torch_python, jsr_runs, torch_runs)
         jsr, *other = (merge_runs(list(sides)) for sides in zip(*jsr_runs, strict=True))
         row = {"jsr_detail": summarise(jsr, True, peak)}
         row["jsr"] = row["jsr_detail"]["throughput"]
@@ -421,18 +449,26 @@ def main(argv=None) -> dict:
             row["jsr_other_detail"] = summarise(other[0], True, peak) | {"conv": other_conv}
             row["jsr_other"] = row["jsr_other_detail"]["throughput"]
         if torch_python:
-            torch = merge_runs(torch_runs)
-            torch_versions = torch["versions"]
-            row["torch_detail"] = summarise(torch, False, None)
-            row["torch"] = row["torch_detail"]["throughput"]
+            details = {v: summarise(merge_runs(runs), False, None) for v, runs in torch_runs.items()}
+            torch_versions = torch_runs[variants[0]][0]["versions"]
+            row["torch_variants"] = details
+            # ratio: against eager (the reference of earlier reports); ratio_best: against the fastest variant at
+            # the same dtype class (every variant of one run has this run's dtype: float32, or bfloat16 autocast)
+            reference = "eager" if "eager" in details else variants[0]
+            row["torch_detail"] = details[reference] | {"variant": reference}
+            row["torch"] = details[reference]["throughput"]
             row["ratio"] = row["jsr"] / row["torch"]
-            if args.rounds > 1:  # each round's ratio of medians: the spread the drift leaves
+            best = max(details, key=lambda v: details[v]["throughput"])
+            row["torch_best"] = best
+            row["ratio_best"] = row["jsr"] / details[best]["throughput"]
+            if args.rounds > 1:  # each round's ratio of medians against the reference: the spread the drift leaves
                 row["round_ratios"] = [
                     summarise(j[0], False, None)["throughput"] / summarise(t, False, None)["throughput"]
-                    for j, t in zip(jsr_runs, torch_runs, strict=True)
+                    for j, t in zip(jsr_runs, torch_runs[reference], strict=True)
                 ]
             if "jsr_other" in row:
                 row["ratio_other"] = row["jsr_other"] / row["torch"]
+                row["ratio_other_best"] = row["jsr_other"] / details[best]["throughput"]
         row["unit"] = "images/s" if case.startswith("train") else "output megapixels/s"
         results[case] = row
         print(format_row(case, row), flush=True)
@@ -473,7 +509,10 @@ def format_row(case: str, row: dict) -> str:
     text += f", conv={j['conv']})" if "conv" in j else ")"
     if "torch" in row:
         t = row["torch_detail"]
-        text += f", torch {row['torch']:.3f} ({t['median_s'] * 1e3:.0f} ms), ratio {row['ratio']:.2f}x"
+        text += f", torch {t['variant']} {row['torch']:.3f} ({t['median_s'] * 1e3:.0f} ms), ratio {row['ratio']:.2f}x"
+        best = row["torch_variants"][row["torch_best"]]
+        text += f"; fastest torch {row['torch_best']} {best['throughput']:.3f} ({best['median_s'] * 1e3:.0f} ms,"
+        text += f" first call {best.get('first_s', 0):.1f} s), ratio_best {row['ratio_best']:.2f}x"
     if "jsr_other" in row:
         o = row["jsr_other_detail"]
         text += f"; jsr conv={o['conv']} {row['jsr_other']:.3f} ({o['median_s'] * 1e3:.0f} ms)"
@@ -511,6 +550,14 @@ def format_table(report: dict) -> str:
             o = row["jsr_other_detail"]
             ratio = f"{row['ratio_other']:>7.2f}x" if "ratio_other" in row else f"{'-':>8}"
             lines.append(f"{'  conv=' + o['conv']:<18}{'':<22}{row['jsr_other']:>10.3f}{'':>10}{ratio}")
+        for variant, d in row.get("torch_variants", {}).items():  # jsr / each variant; * marks the fastest
+            mark = "*" if variant == row["torch_best"] else " "
+            lines.append(
+                f"  {mark}torch {variant:<36}{d['throughput']:>10.3f}{row['jsr'] / d['throughput']:>7.2f}x"
+                f"   {d['median_s'] * 1e3:.0f} ms, first call {d.get('first_s', 0):.1f} s"
+            )
+        if "ratio_best" in row:
+            lines.append(f"  ratio_best (jsr / fastest torch, {row['torch_best']}): {row['ratio_best']:.2f}x")
     return "\n".join(lines)
 
 

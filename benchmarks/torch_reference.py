@@ -2,6 +2,11 @@
 
     python benchmarks/torch_reference.py --case train_mse [--repeats 5 --warmup 2 --batch 16 --patch 24 ...]
 
+``--variant`` picks what a speed-minded PyTorch user runs (``VARIANTS``): channels_last memory format for the
+modules and inputs, and/or ``torch.compile`` (default, max-autotune, or on CUDA reduce-overhead: CUDA graphs) of
+every module's forward; ``--amp`` adds bfloat16 autocast to any of them. ``first_s`` (the first call) holds the
+compile; the timed repetitions follow ``--warmup`` untimed calls.
+
 Prints ONE JSON line: {"case", "times_s" (one per repetition, warm-up excluded), "items" (images or megapixels per
 repetition), "peak_rss_mb", "first_s", "versions"}. ``run.py`` starts one such process per case (a fresh process,
 so the peak RSS is that case's), right after timing the jsr side of the same case.
@@ -103,6 +108,31 @@ class VGG54(nn.Module):
         return self.features(((x + 1) / 2 - self.mean) / self.std)
 
 
+# name -> (channels_last, torch.compile mode or None)
+VARIANTS = {
+    "eager": (False, None),
+    "channels_last": (True, None),
+    "compile": (False, "default"),
+    "channels_last_compile": (True, "default"),
+    "compile_max_autotune": (False, "max-autotune"),
+    "channels_last_compile_max_autotune": (True, "max-autotune"),
+    "compile_reduce_overhead": (False, "reduce-overhead"),  # CUDA graphs: CUDA only
+    "channels_last_compile_reduce_overhead": (True, "reduce-overhead"),
+}
+
+
+def prepared(module: nn.Module, args):
+    """``(module, forward)``: the module in the variant's memory format, and its (compiled) forward."""
+    channels_last, mode = VARIANTS[args.variant]
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    return module, (torch.compile(module, mode=mode) if mode else module)
+
+
+def as_input(x, args):
+    return x.contiguous(memory_format=torch.channels_last) if VARIANTS[args.variant][0] else x
+
+
 def init_like_jsr(model: nn.Module) -> nn.Module:
     """N(0, 0.02) conv weights, zero biases (SRGAN-PyTorch's init, as jsr's CONV_INIT); the rest stays default."""
     with torch.no_grad():
@@ -120,12 +150,12 @@ def autocast(args):
 
 def make_train_step(case: str, args):
     dev = args.device
-    g = init_like_jsr(Generator(args.n_feats, args.num_blocks)).train().to(dev)
-    opt_g = torch.optim.Adam(g.parameters(), lr=1e-4)
+    g_module, g = prepared(init_like_jsr(Generator(args.n_feats, args.num_blocks)).train().to(dev), args)
+    opt_g = torch.optim.Adam(g_module.parameters(), lr=1e-4)
     gen = torch.Generator().manual_seed(0)
     hr_side = 4 * args.patch
-    hr = (torch.rand(args.batch, 3, hr_side, hr_side, generator=gen) * 2 - 1).to(dev)
-    lr = (torch.rand(args.batch, 3, args.patch, args.patch, generator=gen) * 2 - 1).to(dev)
+    hr = as_input((torch.rand(args.batch, 3, hr_side, hr_side, generator=gen) * 2 - 1).to(dev), args)
+    lr = as_input((torch.rand(args.batch, 3, args.patch, args.patch, generator=gen) * 2 - 1).to(dev), args)
 
     if case == "train_mse":
 
@@ -140,9 +170,9 @@ def make_train_step(case: str, args):
 
         return step
 
-    d = init_like_jsr(Discriminator(args.n_feats, hr_side)).train().to(dev)
-    opt_d = torch.optim.Adam(d.parameters(), lr=1e-4)
-    vgg = VGG54().eval().requires_grad_(False).to(dev)
+    d_module, d = prepared(init_like_jsr(Discriminator(args.n_feats, hr_side)).train().to(dev), args)
+    opt_d = torch.optim.Adam(d_module.parameters(), lr=1e-4)
+    _, vgg = prepared(VGG54().eval().requires_grad_(False).to(dev), args)
     ones = torch.ones(args.batch, 1, device=dev)
     zeros = torch.zeros(args.batch, 1, device=dev)
     bce = F.binary_cross_entropy_with_logits
@@ -171,14 +201,15 @@ def make_train_step(case: str, args):
 
 def make_infer(case: str, args):
     dev = args.device
-    g = init_like_jsr(Generator(args.n_feats, args.num_blocks)).eval().to(dev)
+    _, g = prepared(init_like_jsr(Generator(args.n_feats, args.num_blocks)).eval().to(dev), args)
     gen = torch.Generator().manual_seed(0)
     if case == "infer_128":
         image = torch.rand(1, 3, args.infer_side, args.infer_side, generator=gen)
 
         def run():
             with torch.inference_mode(), autocast(args):
-                return torch.clamp((g(image.to(dev) * 2 - 1).float() + 1) / 2, 0, 1).cpu().numpy()
+                x = as_input(image.to(dev) * 2 - 1, args)
+                return torch.clamp((g(x).float() + 1) / 2, 0, 1).cpu().numpy()
 
         return run
     side, t, o = args.tiled_side, args.tile, args.overlap
@@ -193,7 +224,7 @@ def make_infer(case: str, args):
         with torch.inference_mode(), autocast(args):
             for ty in range(n):
                 for tx in range(n):
-                    window = canvas[:, :, ty * t : ty * t + win, tx * t : tx * t + win].to(dev)
+                    window = as_input(canvas[:, :, ty * t : ty * t + win, tx * t : tx * t + win].to(dev), args)
                     sr = torch.clamp((g(window * 2 - 1).float() + 1) / 2, 0, 1)
                     ch, cw = min(t, side - ty * t), min(t, side - tx * t)
                     core = sr[:, :, 4 * o : 4 * (o + ch), 4 * o : 4 * (o + cw)].cpu()
@@ -219,7 +250,10 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = PyTorch's default)")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast (eager AMP)")
+    p.add_argument("--variant", default="eager", choices=list(VARIANTS), help="memory format / torch.compile")
     args = p.parse_args(argv)
+    if "reduce_overhead" in args.variant and not args.device.startswith("cuda"):
+        p.error(f"--variant {args.variant} uses CUDA graphs: CUDA only")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -259,6 +293,7 @@ def main(argv=None) -> None:
             "mkldnn": bool(torch.backends.mkldnn.is_available()),
             "device": args.device,
             "amp": args.amp,
+            "variant": args.variant,
             "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
         },
     }

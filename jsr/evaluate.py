@@ -13,6 +13,10 @@ Data sets (``--dataset``): ``tfds:NAME:SPLIT`` (a prepared TFDS data set with ``
 ``folder:DIR`` (HR images, cropped bottom/right to a multiple of the scale, LR = Pillow ``--downscale`` of that);
 ``pairs:HR_DIR,LR_DIR`` (matched by file stem, HR = scale x LR).
 
+LPIPS (``--lpips FILE``, repeatable: ``jsr.perceptual``'s v0.1 weights, e.g. ../shared/referee/perceptual/
+lpips_alexnet.npz / lpips_vgg16.npz): lpips_alex, lpips_vgg and the VGG16 feature MSEs vgg16_relu2_2_mse /
+vgg16_relu5_3_mse, on whole unpadded images (one compile per image size).
+
 Metrics (``jsr.metrics``): mse, psnr_y, psnr_rgb, ssim_y, ssim_rgb on uint8-quantised outputs unless ``--no-quantise``;
 PSNR/SSIM crop ``--border`` (default: the scale) pixels from every side, MSE and the VGG metrics use whole images.
 vgg22 / vgg54 = MSE of VGG19 relu2_2 / relu5_4 features; seed_vgg22 / seed_vgg54 = mse + 0.006 * that (the seed's
@@ -44,6 +48,11 @@ from jsr.errors import UserError, run_cli
 
 METRICS = ("mse", "psnr_y", "psnr_rgb", "ssim_y", "ssim_rgb", "vgg22", "vgg54", "seed_vgg22", "seed_vgg54")
 VGG_METRICS = ("vgg22", "vgg54", "seed_vgg22", "seed_vgg54")
+# jsr.perceptual, per LPIPS network given (--lpips): its distance, and for VGG16 its feature MSEs
+PERCEPTUAL_METRICS = {
+    "alexnet": ("lpips_alex",),
+    "vgg16": ("lpips_vgg", "vgg16_relu2_2_mse", "vgg16_relu5_3_mse"),
+}
 # Markdown headers and number formats; PSNR-Y and PSNR-RGB are labelled apart (they differ by ~2 dB).
 COLUMNS = {
     "mse": ("MSE", ".6f"),
@@ -55,6 +64,10 @@ COLUMNS = {
     "vgg54": ("VGG54 feat. MSE", ".4f"),
     "seed_vgg22": ("seed VGG22", ".6f"),
     "seed_vgg54": ("seed VGG54", ".6f"),
+    "lpips_alex": ("LPIPS-alex", ".4f"),
+    "lpips_vgg": ("LPIPS-vgg", ".4f"),
+    "vgg16_relu2_2_mse": ("VGG16 relu2_2 MSE", ".4f"),
+    "vgg16_relu5_3_mse": ("VGG16 relu5_3 MSE", ".4f"),
 }
 SEED_TABLE = ("mse", "psnr_y", "seed_vgg22", "seed_vgg54")  # the columns of the seed's table
 BASELINES = ("bicubic", "lanczos")
@@ -303,6 +316,16 @@ def load_vgg(directory: str | None):
         raise EvaluationError(f"--vgg {directory}: {e}") from e
 
 
+def load_lpips(path: str):
+    """A jsr.perceptual LPIPS network from ``--lpips FILE`` (a bad file: one line naming it)."""
+    from jsr.perceptual import load_lpips as load
+
+    try:
+        return load(path)
+    except UserError as e:
+        raise EvaluationError(f"--lpips {path}: {e}") from e
+
+
 # ----------------------------------------------------------------------------------------------- metrics
 
 
@@ -325,7 +348,9 @@ class MetricEvaluator:
     ``compiled_shapes`` holds every canvas shape run (= compiles).
     """
 
-    def __init__(self, border: int, vgg=None, quantise: bool = True, batch_size: int | None = None, mesh=None):
+    def __init__(
+        self, border: int, vgg=None, quantise: bool = True, batch_size: int | None = None, mesh=None, lpips=()
+    ):
         import jax
 
         from jsr import metrics, parallel
@@ -336,6 +361,11 @@ class MetricEvaluator:
         self.border = border
         self.quantise = quantise
         self.names = [m for m in METRICS if vgg is not None or m not in VGG_METRICS]
+        # ``lpips``: loaded jsr.perceptual networks, at most one of each kind
+        self._lpips = {lp.net: lp for lp in lpips}
+        if len(self._lpips) != len(lpips):
+            raise EvaluationError("--lpips: give each LPIPS network (AlexNet, VGG16) once")
+        self.names += [m for net, names in PERCEPTUAL_METRICS.items() if net in self._lpips for m in names]
         self.compiled_shapes: set[tuple[int, ...]] = set()
         vgg_module = None if vgg is None else vgg[0]
         self._vgg_variables = None if vgg is None else parallel.put_replicated(vgg[1], self.mesh)
@@ -380,8 +410,21 @@ class MetricEvaluator:
                     values = self._kernel(self._vgg_variables, *self._put((sr_canvas, hr_canvas, valid)))
                     values = {name: np.asarray(v, np.float64) for name, v in values.items()}
                 for k, i in enumerate(chunk):
-                    out[i] = {name: float(values[name][k]) for name in self.names}
+                    out[i] = {name: float(values[name][k]) for name in self.names if name in values}
+                    if self._lpips:  # whole unpadded images: a zero border would change the features
+                        out[i] |= self._perceptual(_unit(srs[i], quantise), _unit(hrs[i]))
         return out  # type: ignore[return-value]
+
+    def _perceptual(self, sr: np.ndarray, hr: np.ndarray) -> dict[str, float]:
+        import jax
+
+        from jsr import perceptual
+
+        with jax.default_matmul_precision("float32"):
+            values = perceptual.perceptual_distances(
+                self._lpips.get("vgg16"), self._lpips.get("alexnet"), sr[None], hr[None]
+            )
+        return {name: float(np.asarray(v)[0]) for name, v in values.items()}
 
 
 def _unit(image: np.ndarray, quantise: bool = False) -> np.ndarray:
@@ -394,13 +437,17 @@ def _unit(image: np.ndarray, quantise: bool = False) -> np.ndarray:
     return np.asarray(image, np.float32)
 
 
-def check_size(stem: str, size: tuple[int, int], border: int, with_vgg: bool) -> None:
-    """SSIM needs 11 pixels inside the border; relu5_4 needs 16 pixels."""
-    need = max(2 * border + 11, 16 if with_vgg else 0)
+def check_size(stem: str, size: tuple[int, int], border: int, with_vgg: bool, lpips_nets=()) -> None:
+    """SSIM needs 11 pixels inside the border; relu5_4 needs 16 pixels; LPIPS its network's minimum."""
+    from jsr.perceptual import MIN_SIZE
+
+    needs = {"SSIM": 2 * border + 11, "VGG54": 16 if with_vgg else 0}
+    needs |= {f"LPIPS-{net}": MIN_SIZE[net] for net in lpips_nets}
+    what, need = max(needs.items(), key=lambda item: item[1])
     if min(size) < need:
         raise EvaluationError(
-            f"image {stem!r} is {size[0]}x{size[1]}: too small for SSIM with --border {border}"
-            f"{' and VGG54' if with_vgg else ''} (needs {need} pixels a side)"
+            f"image {stem!r} is {size[0]}x{size[1]}: too small for {what} with --border {border} "
+            f"(needs {need} pixels a side)"
         )
 
 
@@ -541,6 +588,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--output", required=True, type=Path, help="folder for results.json/.csv/.md and figures/")
     p.add_argument("--vgg", default=None, metavar="DIR", help="converted VGG19 (tools/convert_torch_weights.py)")
+    p.add_argument("--lpips", action="append", default=[], metavar="FILE",
+                   help="LPIPS v0.1 weights (.npz, AlexNet or VGG16; repeatable): adds LPIPS column(s)")  # fmt: skip
     p.add_argument("--scale", type=int, default=4, help="upscaling factor of the data set (default 4)")
     p.add_argument("--border", type=int, default=None, help="pixels cropped per side for PSNR/SSIM (default: scale)")
     p.add_argument("--quantise", action=argparse.BooleanOptionalAction, default=True,
@@ -616,10 +665,12 @@ def evaluate(args: argparse.Namespace) -> Run:
     mesh = parallel.make_mesh(jax.local_devices())
     methods = _methods(args, dataset, mesh)
     vgg = load_vgg(args.vgg)
+    lpips = [load_lpips(path) for path in args.lpips]
+    nets = [lp.net for lp in lpips]
     if dataset.sizes is not None:
         for stem, size in zip(dataset.stems or [], dataset.sizes, strict=True):
-            check_size(stem, size, border, vgg is not None)
-    evaluator = MetricEvaluator(border, vgg, args.quantise, args.batch_size, mesh)
+            check_size(stem, size, border, vgg is not None, nets)
+    evaluator = MetricEvaluator(border, vgg, args.quantise, args.batch_size, mesh, lpips)
     results = Results([m.name for m in methods], list(evaluator.names))
     files: list[Path] = []
     seen: set[str] = set()
@@ -631,7 +682,7 @@ def evaluate(args: argparse.Namespace) -> Run:
                 if stem in seen:
                     raise EvaluationError(f"--dataset {args.dataset}: two records are named {stem!r}")
                 seen.add(stem)
-                check_size(stem, hr.shape[:2], border, vgg is not None)
+                check_size(stem, hr.shape[:2], border, vgg is not None, nets)
             sizes = [hr.shape[:2] for hr in hrs]
             outputs = {}
             for method in methods:
@@ -654,6 +705,7 @@ def evaluate(args: argparse.Namespace) -> Run:
         "quantised": bool(args.quantise),
         "num_images": len(dataset),
         "vgg": args.vgg,
+        "lpips": list(args.lpips),
         "methods": {m.name: m.kind for m in methods},
         "mean": "mean over images of per-image values",
     }

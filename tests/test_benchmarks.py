@@ -19,6 +19,7 @@ def test_run_quick_writes_side_by_side_json(tmp_path):
     run = load_run()
     torch_python = run.find_torch_python(None)
     argv = ["--quick", "--cases", "train_mse,infer_128", "--repeats", "1", "--rounds", "2"]
+    argv += ["--torch-variants", "eager,channels_last"]  # torch.compile variants cost ~1 min each: benchmark runs only
     argv += ["--json", str(tmp_path / "out.json")]
     report = run.main(argv + ([] if torch_python else ["--no-torch"]))
     saved = json.loads((tmp_path / "out.json").read_text())
@@ -32,6 +33,10 @@ def test_run_quick_writes_side_by_side_json(tmp_path):
         if torch_python:
             assert case["torch"] > 0 and abs(case["ratio"] - case["jsr"] / case["torch"]) < 1e-9
             assert len(case["torch_detail"]["times_s"]) == 2 and len(case["round_ratios"]) == 2
+            assert set(case["torch_variants"]) == {"eager", "channels_last"}
+            fastest = max(v["throughput"] for v in case["torch_variants"].values())
+            assert case["torch_variants"][case["torch_best"]]["throughput"] == fastest
+            assert abs(case["ratio_best"] - case["jsr"] / fastest) < 1e-9
     if torch_python:
         assert saved["versions"]["torch"]
     assert saved["cases"]["infer_128"]["jsr_detail"]["conv"] == "winograd"  # the Upscaler's CPU default

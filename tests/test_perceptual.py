@@ -157,3 +157,38 @@ def test_bad_weights_files_raise_a_user_error_naming_the_file(referee, tmp_path)
         message = str(e.value)
         assert str(path) in message and "\n" not in message, (kind, message)
         assert "LPIPS v0.1 weights file" in message, (kind, message)
+
+
+def test_jsr_evaluate_adds_the_lpips_columns_per_image(referee, loaded, set5_pairs, tmp_path, capsys):
+    """`jsr-evaluate --lpips` scores other methods' outputs with the same LPIPS as the functions above (whole,
+    unpadded images of several sizes) and refuses a bad weights file in one line."""
+    import json
+
+    from jsr.evaluate import main as evaluate_main
+
+    (tmp_path / "hr").mkdir()
+    (tmp_path / "sr").mkdir()
+    expected = {}
+    for name, size in zip(("baby", "bird"), ((100, 76), (64, 88)), strict=True):
+        degraded, hr = (np.round(x[0] * 255).astype(np.uint8) for x in crops({name: set5_pairs[name]}, size))
+        Image.fromarray(hr).save(tmp_path / "hr" / f"{name}.png")
+        Image.fromarray(degraded).save(tmp_path / "sr" / f"{name}.png")
+        a, b = (x[None].astype(np.float32) / 255.0 for x in (degraded, hr))
+        expected[name] = {f"lpips_{k}": float(perceptual.lpips(loaded[n], a, b)[0]) for k, n in
+                          (("alex", "alexnet"), ("vgg", "vgg16"))}  # fmt: skip
+    argv = ["--dataset", f"folder:{tmp_path / 'hr'}", "--sr", f"noisy={tmp_path / 'sr'}", "--figures", "0"]
+    argv += ["--lpips", str(weights_file(referee, "alexnet")), "--lpips", str(weights_file(referee, "vgg16"))]
+    assert evaluate_main([*argv, "--output", str(tmp_path / "out")]) == 0
+    result = json.loads((tmp_path / "out" / "results.json").read_text())
+    for name, values in expected.items():
+        got = result["models"]["noisy"]["per_image"][name]
+        for key, value in values.items():
+            assert got[key] == pytest.approx(value, abs=1e-6), (name, key)
+        assert got["vgg16_relu5_3_mse"] > 0
+    assert "LPIPS-alex" in (tmp_path / "out" / "results.md").read_text()
+    bad = tmp_path / "bad.npz"
+    bad.write_text("not weights\n")
+    capsys.readouterr()
+    assert evaluate_main([*argv, "--lpips", str(bad), "--output", str(tmp_path / "out2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(bad) in err[0]

@@ -220,3 +220,37 @@ def test_leftthomas_x4_monarch_ssim_in_its_repository_convention(referee, conver
     c1, c2 = 0.01**2, 0.03**2
     ssim = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
     assert round(float(ssim.mean()), 4) == 0.9044
+
+
+@pytest.mark.slow
+def test_delta_stn_fine_tunes_a_converted_checkpoint_with_frozen_layers(tmp_path, referee, converted):
+    """leftthomas x4 (a [0, 1] model) through jsr.train with Delta-STN and a frozen body: the body and its BatchNorm
+    statistics stay bit-identical, the tail moves, the hyperparameters move, and the model still upscales well
+    (training the [0, 1] model against [-1, 1] targets, as Delta-STN's loss once did, costs dBs in 30 steps)."""
+    images = referee / "images"
+    before = evaluate(tmp_path, pairs(referee, "Set5", 4), "--model", f"g={converted['leftthomas4']}")
+    run = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "jsr.train", f"--config={ROOT / 'configs' / 'quickstart_deltastn.py'}",
+         f"--workdir={run}", f"--config.init_from={converted['leftthomas4']}", "--config.data.source=folder",
+         f"--config.data.folder={images / 'CBSD68'}", f"--config.data.val_folder={images / 'Set5' / 'HR'}",
+         f"--config.data.val_lr_folder={images / 'Set5' / 'LR_bicubic' / 'X4'}", "--config.num_train_steps=30",
+         "--config.eval_every_steps=30", "--config.log_every_steps=10", "--config.checkpoint_every_steps=30",
+         "--config.batch_size=4", "--config.deltastn.warmup_steps=10", "--config.optim.g.learning_rate=1e-4",
+         "--config.optim.trainable=('tail|last_conv',)"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = evaluate(tmp_path, pairs(referee, "Set5", 4), "--model", f"g={run / 'best'}")
+    assert after["g"]["mean"]["psnr_y"] > before["g"]["mean"]["psnr_y"] - 0.3
+    _, old = load_model(converted["leftthomas4"])
+    _, new = load_model(run / "best")
+    for name in ("body_0", "body_4", "conv01", "conv02"):
+        for a, b in zip(*(jax.tree.leaves(v["params"][name]) for v in (old, new)), strict=True):
+            np.testing.assert_array_equal(a, b)
+    jax.tree.map(np.testing.assert_array_equal, old["batch_stats"], new["batch_stats"])
+    kernel = lambda v: v["params"]["last_conv"]["conv"]["kernel"]  # noqa: E731
+    assert not np.array_equal(kernel(old), kernel(new))
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rotation = [m["hp/rotation_deg"] for m in logged if "hp/rotation_deg" in m]
+    assert rotation[0] != rotation[-1]

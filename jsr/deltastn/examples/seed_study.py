@@ -177,9 +177,9 @@ class Study:
         self.stn = make_deltastn(self.config, self.generator, optimizer)
         self.compiled = jit_steps(self.stn)
         self.general = jax.jit(self._general_step)
-        self.evaluator = MetricEvaluator(border=SCALE, batch_size=1)
-        self.lpips_alex = perceptual.load_lpips(referee / "perceptual" / "lpips_alexnet.npz")
-        self.lpips_vgg = perceptual.load_lpips(referee / "perceptual" / "lpips_vgg16.npz")
+        self.evaluator = MetricEvaluator(border=SCALE, batch_size=1)  # selection on Set14: PSNR-Y only
+        nets = [perceptual.load_lpips(referee / "perceptual" / f"lpips_{net}.npz") for net in ("alexnet", "vgg16")]
+        self.test_evaluator = MetricEvaluator(border=SCALE, batch_size=1, lpips=nets)  # jsr-evaluate's, + LPIPS
         model_range = archs.value_range(self.generator)
         self._sr = jax.jit(
             lambda v, lr: archs.convert_range(self.generator.apply(v, lr, train=False), model_range, (0.0, 1.0))
@@ -232,13 +232,7 @@ class Study:
     def test_metrics(self, variables) -> dict:
         """Mean over the test images of every column."""
         pairs = self.data["test"]
-        srs = self.upscale(variables, pairs)
-        rows = self.evaluator(srs, [p["hr"] for p in pairs])
-        for row, sr, pair in zip(rows, srs, pairs, strict=True):
-            distances = perceptual.perceptual_distances(
-                self.lpips_vgg, self.lpips_alex, (sr[None] / 255.0).astype(np.float32), pair["hr"][None] / 255.0
-            )
-            row.update({name: float(np.asarray(v)[0]) for name, v in distances.items()})
+        rows = self.test_evaluator(self.upscale(variables, pairs), [p["hr"] for p in pairs])
         return {name: float(np.mean([r[name] for r in rows])) for name in COLUMNS}
 
 
