@@ -365,7 +365,8 @@ class MetricEvaluator:
         self._lpips = {lp.net: lp for lp in lpips}
         if len(self._lpips) != len(lpips):
             raise EvaluationError("--lpips: give each LPIPS network (AlexNet, VGG16) once")
-        self.names += [m for net, names in PERCEPTUAL_METRICS.items() if net in self._lpips for m in names]
+        self._perceptual_names = [m for net, names in PERCEPTUAL_METRICS.items() if net in self._lpips for m in names]
+        self.names += self._perceptual_names
         self.compiled_shapes: set[tuple[int, ...]] = set()
         vgg_module = None if vgg is None else vgg[0]
         self._vgg_variables = None if vgg is None else parallel.put_replicated(vgg[1], self.mesh)
@@ -410,7 +411,7 @@ class MetricEvaluator:
                     values = self._kernel(self._vgg_variables, *self._put((sr_canvas, hr_canvas, valid)))
                     values = {name: np.asarray(v, np.float64) for name, v in values.items()}
                 for k, i in enumerate(chunk):
-                    out[i] = {name: float(values[name][k]) for name in self.names if name in values}
+                    out[i] = {name: float(values[name][k]) for name in self.names if name not in self._perceptual_names}
                     if self._lpips:  # whole unpadded images: a zero border would change the features
                         out[i] |= self._perceptual(_unit(srs[i], quantise), _unit(hrs[i]))
         return out  # type: ignore[return-value]
@@ -441,14 +442,11 @@ def check_size(stem: str, size: tuple[int, int], border: int, with_vgg: bool, lp
     """SSIM needs 11 pixels inside the border; relu5_4 needs 16 pixels; LPIPS its network's minimum."""
     from jsr.perceptual import MIN_SIZE
 
-    needs = {"SSIM": 2 * border + 11, "VGG54": 16 if with_vgg else 0}
+    needs = {f"SSIM with --border {border}": 2 * border + 11, "VGG54": 16 if with_vgg else 0}
     needs |= {f"LPIPS-{net}": MIN_SIZE[net] for net in lpips_nets}
     what, need = max(needs.items(), key=lambda item: item[1])
     if min(size) < need:
-        raise EvaluationError(
-            f"image {stem!r} is {size[0]}x{size[1]}: too small for {what} with --border {border} "
-            f"(needs {need} pixels a side)"
-        )
+        raise EvaluationError(f"image {stem!r} is {size[0]}x{size[1]}: too small for {what} (needs {need} px a side)")
 
 
 # ----------------------------------------------------------------------------------------------- results

@@ -176,7 +176,10 @@ def test_respond_limits_the_response_to_the_matching_layers_and_the_rest_stay_pl
     plain = model.apply(variables, x)
     assert float(jnp.max(jnp.abs(moved[0] - plain[0]))) > 1e-3  # example 0 perturbed through the tail
     np.testing.assert_array_equal(moved[1], plain[1])  # example 1 at e = 0: exactly the plain model
-    with pytest.raises(ValueError, match="match no Conv/Dense layer.*body_0/conv1"):
+    # the patterns are config.optim.trainable's, over parameter paths: a kernel's full path selects its layer
+    by_kernel = init_response(model, variables, x, num_hypers=2, key=jax.random.PRNGKey(2), respond=("t_conv/conv/k",))
+    assert sorted(by_kernel) == ["last_conv"]
+    with pytest.raises(ValueError, match="match no Conv/Dense kernel.*body_0/conv1/conv/kernel"):
         init_response(model, variables, x, num_hypers=2, key=jax.random.PRNGKey(2), respond=("^nothing",))
 
 

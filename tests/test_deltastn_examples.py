@@ -97,7 +97,8 @@ def test_seed_study_command_writes_the_table_the_json_and_the_figure(referee, tm
         assert set(row) == set(seed_study.COLUMNS)
         assert 0 < row["lpips_alex"]["mean"] < 1 and 20 < row["psnr_y"]["mean"] < 40
     table = (tmp_path / "seed_study.md").read_text()
-    assert table.count("\n") == 2 + len(seed_study.ROWS) and "Delta-STN" in table and "LPIPS-alex" in table
+    assert table.count("\n| ") == len(seed_study.ROWS) and "Delta-STN" in table and "LPIPS-alex" in table
+    assert "random-search trials per seed: [1]" in table
     assert table in capsys.readouterr().out
     with Image.open(tmp_path / "seed_study.png") as figure:
         assert figure.size[1] > 9 * 150  # one panel per tuned magnitude

@@ -181,3 +181,26 @@ def test_rejects_bad_arguments():
         imresize(np.zeros(4, np.uint8), 0.5)
     with pytest.raises(TypeError):
         imresize(image.astype(bool), 0.5)
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_on_device_derive_downscale_is_matlab_up_to_its_rounding(scale):
+    """The augmentation's LR (``jsr.data.augment.downscale``, derive mode; unrounded floats) against MATLAB bicubic
+    of the same uint8 photo, on a whole photo and on a 64-pixel training crop: 0.25-0.28 grey levels apart on
+    average, the 2-pixel edge no worse than the interior (jax alone renormalises the kernel there: 6.8 levels), and
+    over one level only where MATLAB's rounding and clipping between its two passes bite (seen: <= 0.6% of values)."""
+    import jax.numpy as jnp
+    import skimage.data
+
+    from jsr.data.augment import downscale as derive
+
+    photo = mod_crop(skimage.data.astronaut()[::2, ::2], 4)  # 256 x 256, a real photograph
+    for hr in (photo, photo[37:101, 80:144]):
+        got = np.asarray(derive(jnp.asarray(hr, jnp.float32) / 255.0, scale)) * 255.0
+        matlab = imresize(hr, scale=1 / scale).astype(np.float32)
+        assert got.shape == matlab.shape
+        diff = np.abs(got - matlab)
+        edge = np.zeros(diff.shape[:2], bool)
+        edge[:2] = edge[-2:] = edge[:, :2] = edge[:, -2:] = True
+        assert diff.mean() < 0.3 and (diff > 1.0).mean() < 0.01
+        assert diff[edge].mean() < 1.2 * diff[~edge].mean()

@@ -195,9 +195,17 @@ def apply_draw(image: jax.Array, draw: dict, fill: jax.Array | float = 1.0) -> j
 
 
 def downscale(hr: jax.Array, scale: int) -> jax.Array:
-    """Antialiased bicubic downscale of an HWC image by ``scale``, clipped to [0, 1]."""
+    """Antialiased bicubic downscale of an HWC image by ``scale``, clipped to [0, 1], unrounded: MATLAB's ``imresize``
+    (the benchmark LR) but for its rounding between passes (tests/test_matlab_resize.py). jax's resize renormalises
+    the kernel at the image edges where MATLAB mirrors the image (up to 6.8 grey levels apart there); padding
+    symmetrically by the kernel's reach (2 x scale HR pixels) and cropping the result gives MATLAB's edges."""
     h, w, c = hr.shape
-    return jnp.clip(jax.image.resize(hr, (h // scale, w // scale, c), "bicubic", antialias=True), 0.0, 1.0)
+    pad = 2 * scale
+    if h % scale or w % scale or min(h, w) < pad:  # no whole LR pixel of padding: the edge-renormalised form
+        return jnp.clip(jax.image.resize(hr, (h // scale, w // scale, c), "bicubic", antialias=True), 0.0, 1.0)
+    padded = jnp.pad(hr, ((pad, pad), (pad, pad), (0, 0)), mode="symmetric")
+    lr = jax.image.resize(padded, (h // scale + 4, w // scale + 4, c), "bicubic", antialias=True)
+    return jnp.clip(lr[2:-2, 2:-2], 0.0, 1.0)
 
 
 # ----------------------------------------------------------------------------------------------- entry points

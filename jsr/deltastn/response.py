@@ -76,8 +76,9 @@ def init_response(
     model: nn.Module, variables: dict, *args, num_hypers: int, key, respond: Sequence[str] = (), **kwargs
 ) -> dict:
     """Response parameters for every Conv/Dense layer that ``model.apply(variables, *args, **kwargs)`` calls, or,
-    with ``respond`` (regexes searched in module paths such as ``tail_0/conv``), for the layers matching one: a
-    model fine-tuned with a frozen body responds only where its weights can move.
+    with ``respond``, for the layers whose kernel's parameter path (``tail_0/conv/kernel``) one of these regexes
+    searches: ``config.optim.trainable``'s patterns, so that a model fine-tuned with a frozen body responds exactly
+    where its weights can move.
 
     R starts normal with LeCun variance 1 / fan_in (whatever the layer's own init: a zero-initialised layer must
     not give a zero R) and r_b at ones: V is zero, so the response starts at exactly the general network, and V's
@@ -102,10 +103,14 @@ def init_response(
         raise ValueError(f"{type(model).__name__} calls no nn.Dense or nn.Conv: nothing to respond")
     if respond:
         patterns = [re.compile(p) for p in respond]
-        chosen = {path: v for path, v in layers.items() if any(p.search("/".join(path)) for p in patterns)}
+        kernel_path = lambda path: "/".join((*path, "kernel"))  # noqa: E731  (as optim.trainable_labels names it)
+        chosen = {path: v for path, v in layers.items() if any(p.search(kernel_path(path)) for p in patterns)}
         if not chosen:
-            names = sorted("/".join(path) for path in layers)
-            raise ValueError(f"the layers to respond {list(respond)} match no Conv/Dense layer; layers: {names}")
+            names = sorted(kernel_path(path) for path in layers)
+            raise ValueError(
+                f"the trained layers {list(respond)} (config.optim.trainable) match no Conv/Dense kernel; kernels: "
+                f"{names}"
+            )
         layers = chosen
     # Host numpy draws: the same values everywhere, and no XLA compilation of random kernels (seconds on a CPU).
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key) if _is_typed_key(key) else key, np.uint32))

@@ -146,8 +146,8 @@ class DeltaSTN:
     weights, RMSprop lr 1e-2 for u and s, sigma 1.0, tau 1e-3, K = 5 weight steps per hyper step.
 
     ``linearize_hyper``: the hyper step evaluates the validation loss on the linearised response (as the response
-    step trains it); False uses the exact structured response at e instead. ``respond``: regexes over module paths
-    (``response.init_response``) limiting the response to the layers whose weights train (empty: every layer).
+    step trains it); False uses the exact structured response at e instead. ``respond``: regexes over parameter paths
+    (``response.init_response``) limiting the response to the layers whose kernels train (empty: every layer).
     """
 
     model: nn.Module

@@ -6,19 +6,23 @@
 Generator: leftthomas/SRGAN's released x4 ``netG_epoch_4_100.pth`` (the SRGAN paper's layout), converted by
 ``jsr.convert``. Fine-tuned with the seed's recipe: body frozen (BatchNorm on its running statistics), the
 upsamplers and the last conv trained with Adam on pixel MSE, on 64-pixel HR crops of CBSD68 whose LR is MATLAB
-bicubic (the augmentation re-derives the LR from the warped HR, as the trainer does). Tuned and selected on Set14
+bicubic (the augmentation re-derives the LR from the warped HR, as the trainer's derive mode does: MATLAB's
+bicubic up to its rounding, unrounded floats; with no augmentation the warp is the identity, exactly). Tuned and
+selected on Set14
 (MATLAB LR files), reported on Set5 + Urban100_first20 (MATLAB LR, whole images). Rows:
 
 - ``without fine-tuning``: the released weights;
 - ``fine-tuned, no augmentation``;
 - ``fine-tuned, the seed's augmentation``: the seed's torchvision recipe (``jsr.data.augment.SEED_RECIPE``);
-- ``random search``: ``--trials`` runs with magnitudes drawn uniformly in the ranges Delta-STN searches, the best
-  on Set14 PSNR-Y reported (trials chosen so that its compute matches Delta-STN's, measured and reported);
+- ``random search``: full-length runs with magnitudes drawn uniformly in the ranges Delta-STN searches, the best
+  on Set14 PSNR-Y reported; as many as Delta-STN's measured wall time buys (its seconds / a plain run's, rounded;
+  ``--trials`` fixes the number instead);
 - ``Delta-STN``: the nine magnitudes tuned while training, from the seed's values, each in (0, 2 x seed value).
 
 Columns: MSE ([0, 1] units, whole image), PSNR-Y and SSIM-Y (BT.601, border 4), LPIPS-alex and LPIPS-vgg (v0.1,
 real ImageNet backbones: ``jsr.perceptual``), and MSEs of VGG16 relu2_2 / relu5_3 features, the VGG16 analogues
-of the seed's VGG22 / VGG54 (which used VGG19, not available offline). Mean +- std over ``--seeds``.
+of the seed's VGG22 / VGG54 (which used VGG19, not available offline). Mean +- sample std (ddof 1) over
+``--seeds``; every metric through ``jsr.evaluate.MetricEvaluator`` (jsr-evaluate's, with ``--lpips``).
 Writes ``seed_study.json``, ``seed_study.md`` and ``seed_study.png`` (Delta-STN's trajectories) to ``--out``.
 """
 
@@ -63,7 +67,7 @@ TUNED = (
     "vflip_prob",
 )
 SEED_VALUES = {name: float(np.max(SEED_RECIPE[name])) for name in TUNED}  # translate: (0.2, 0.2) -> 0.2
-OFF = -30.0  # unconstrained value of "no augmentation": sigmoid(-30) x range ~ 1e-11
+OFF = -200.0  # unconstrained value of "no augmentation": sigmoid(-200) is exactly 0 in float32 (every coin off)
 ROWS = ("without", "no_aug", "seed_aug", "random_search", "deltastn")
 TITLES = {
     "without": "without fine-tuning",
@@ -121,9 +125,13 @@ def load_pairs(folder: Path, lr_folder: Path | None = None, limit: int | None = 
     for path in found:
         hr = images.to_uint8(images.read_image(path).rgb)
         hr = matlab_resize.mod_crop(hr, SCALE)
-        if lr_folder is not None:
-            lr_path = lr_folder / path.name.replace(".png", f"x{SCALE}.png")
+        if lr_folder is not None:  # the benchmark sets' LR files: STEMx4.png beside STEM.png
+            lr_path = lr_folder / f"{path.stem}x{SCALE}{path.suffix}"
+            if not lr_path.is_file():
+                raise UserError(f"{lr_path}: missing (the x{SCALE} LR file of {path})")
             lr = images.to_uint8(images.read_image(lr_path).rgb)
+            if lr.shape[0] * SCALE != hr.shape[0] or lr.shape[1] * SCALE != hr.shape[1]:
+                raise UserError(f"{lr_path}: {lr.shape[:2]} is not the x{SCALE} LR of {path} {hr.shape[:2]}")
         else:
             lr = matlab_resize.downscale(hr, SCALE)
         pairs.append({"name": path.stem, "hr": hr, "lr": lr})
@@ -257,7 +265,7 @@ def run_seed(study: Study, seed: int, trials: int, log) -> dict:
 
     def search():
         best = None
-        for values in draw_trials(seed, trials):
+        for values in draw_trials(seed, count):
             state, _ = study.train(seed, u=study.u_of(values))
             score = study.psnr_y(study.variables_of(state), study.data["tune"])
             log(f"  seed {seed} trial {', '.join(f'{k}={v:.3g}' for k, v in values.items())}: Set14 {score:.3f} dB")
@@ -265,11 +273,13 @@ def run_seed(study: Study, seed: int, trials: int, log) -> dict:
                 best = (score, values, state)
         return best
 
+    # 0: Delta-STN's compute in whole plain runs (seed_aug: a plain run compiled already)
+    count = trials or max(1, round(out["seconds"]["deltastn"] / out["seconds"]["seed_aug"]))
     best_score, best_values, best_state = timed("random_search", search)
     for name, state in (("no_aug", no_aug), ("seed_aug", seed_aug), ("random_search", best_state), ("deltastn", tuned)):
         out["rows"][name] = study.test_metrics(study.variables_of(state))
         log(f"  seed {seed} {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in out["rows"][name].items()))
-    out["random_search"] = {"best_set14_psnr_y": best_score, "best": best_values}
+    out["random_search"] = {"trials": count, "best_set14_psnr_y": best_score, "best": best_values}
     out["deltastn"] = {"tuned": study.stn.hparams(tuned), "trajectory": [{"step": s, **v} for s, v in trajectory]}
     return out
 
@@ -280,7 +290,8 @@ def summarise(without: dict, per_seed: dict) -> dict:
         table[row] = {}
         for name in COLUMNS:
             values = [per_seed[s]["rows"][row][name] for s in per_seed]
-            table[row][name] = {"mean": float(np.mean(values)), "std": float(np.std(values))}
+            std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+            table[row][name] = {"mean": float(np.mean(values)), "std": std}
     return table
 
 
@@ -294,6 +305,14 @@ def markdown(summary: dict) -> str:
             digits = 2 if name == "psnr_y" else 4
             cells.append(f"{m:.{digits}f}" if row == "without" else f"{m:.{digits}f} +- {s:.{digits}f}")
         lines.append(f"| {TITLES[row]} | " + " | ".join(cells) + " |")
+    seconds = {row: np.mean([r["seconds"][row] for r in summary["per_seed"].values()]) for row in ROWS[1:]}
+    trials = [r["random_search"]["trials"] for r in summary["per_seed"].values()]
+    lines.append("")
+    lines.append(
+        "Training seconds per seed (mean): "
+        + ", ".join(f"{TITLES[row].split(' (')[0]} {seconds[row]:.0f}" for row in ROWS[1:])
+        + f"; random-search trials per seed: {trials}."
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -342,12 +361,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=200, help="weight steps per fine-tuning run")
-    parser.add_argument("--trials", type=int, default=3, help="random-search runs per seed")
+    parser.add_argument("--trials", type=int, default=0, help="random-search runs per seed (0: Delta-STN's compute)")
     parser.add_argument("--referee", type=Path, default=Path("../shared/referee"))
     parser.add_argument("--out", type=Path, default=None, help="folder for the JSON, the table and the figure")
     parser.add_argument("--limit-images", type=int, default=None, help="first N images of each folder (a smoke run)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
+    if args.steps < 1 or args.trials < 0 or (args.limit_images is not None and args.limit_images < 1):
+        parser.error("--steps and --limit-images must be >= 1, --trials >= 0")
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds {args.seeds}: each seed once")
     log = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else (lambda s: print(s, flush=True))
 
     def go():
