@@ -18,11 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
+from conv_grad import median_time  # benchmarks/ (this script's folder is on sys.path)
 from jax import lax
 
 SHAPES = {"body_lr24": (16, 24, 24, 64, 64), "tail_48": (16, 48, 48, 64, 256)}  # N, H, W, Cin, Cout
@@ -51,21 +50,10 @@ def conv_taps(x, w):
     return out
 
 
-def timed(fn, args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def matmul_rate(dtype, repeats: int) -> float:
     a = jnp.ones((2048, 2048), dtype)
     f = jax.jit(lambda a, b: lax.dot(a, b, preferred_element_type=jnp.float32))
-    return 2 * 2048**3 / timed(f, (a, a), repeats)
+    return 2 * 2048**3 / median_time(f, a, a, repeats=repeats)
 
 
 def main(argv=None) -> dict:
@@ -93,7 +81,7 @@ def main(argv=None) -> dict:
             loss = lambda x, w, fn=fn, g=g: jnp.sum(fn(x, w).astype(jnp.float32) * g)  # noqa: E731
             step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
             xs, ws = x.astype(dtype), w.astype(dtype)
-            seconds = timed(step, (xs, ws), args.repeats)
+            seconds = median_time(step, xs, ws, repeats=args.repeats)
             out = jax.jit(fn)(xs, ws).astype(jnp.float32)
             error = float(jnp.linalg.norm(out - reference) / jnp.linalg.norm(reference))
             row[method] = {"ms": seconds * 1e3, "gflops": flops / seconds / 1e9, "rel_error": error}

@@ -32,7 +32,9 @@ import time
 
 import torch
 import torch.nn.functional as F
-from run import peak_rss_mb  # benchmarks/run.py (this script's folder is on sys.path; run.py imports only stdlib)
+
+# benchmarks/run.py: this script's folder is on sys.path, and run.py imports only the standard library
+from run import TORCH_VARIANTS, peak_rss_mb
 from torch import nn
 
 VGG19_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512]
@@ -108,17 +110,10 @@ class VGG54(nn.Module):
         return self.features(((x + 1) / 2 - self.mean) / self.std)
 
 
-# name -> (channels_last, torch.compile mode or None)
-VARIANTS = {
-    "eager": (False, None),
-    "channels_last": (True, None),
-    "compile": (False, "default"),
-    "channels_last_compile": (True, "default"),
-    "compile_max_autotune": (False, "max-autotune"),
-    "channels_last_compile_max_autotune": (True, "max-autotune"),
-    "compile_reduce_overhead": (False, "reduce-overhead"),  # CUDA graphs: CUDA only
-    "channels_last_compile_reduce_overhead": (True, "reduce-overhead"),
-}
+VARIANTS = TORCH_VARIANTS  # name -> (channels_last, torch.compile mode or None), defined beside the driver
+
+
+APPLIED: dict = {}  # what the variant did to the generator, read back from the objects (reported)
 
 
 def prepared(module: nn.Module, args):
@@ -126,11 +121,18 @@ def prepared(module: nn.Module, args):
     channels_last, mode = VARIANTS[args.variant]
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
-    return module, (torch.compile(module, mode=mode) if mode else module)
+    forward = torch.compile(module, mode=mode) if mode else module
+    if not APPLIED:  # the first module prepared is the generator
+        conv = next(m for m in module.modules() if isinstance(m, nn.Conv2d))
+        APPLIED["channels_last_weights"] = conv.weight.is_contiguous(memory_format=torch.channels_last)
+        APPLIED["compiled"] = isinstance(forward, torch._dynamo.eval_frame.OptimizedModule)
+    return module, forward
 
 
 def as_input(x, args):
-    return x.contiguous(memory_format=torch.channels_last) if VARIANTS[args.variant][0] else x
+    x = x.contiguous(memory_format=torch.channels_last) if VARIANTS[args.variant][0] else x
+    APPLIED.setdefault("channels_last_input", x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1)
+    return x
 
 
 def init_like_jsr(model: nn.Module) -> nn.Module:
@@ -286,6 +288,7 @@ def main(argv=None) -> None:
         "items": items,
         "first_s": first,
         "peak_rss_mb": peak_rss_mb(),
+        "applied": APPLIED,
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,

@@ -34,6 +34,9 @@ def test_run_quick_writes_side_by_side_json(tmp_path):
             assert case["torch"] > 0 and abs(case["ratio"] - case["jsr"] / case["torch"]) < 1e-9
             assert len(case["torch_detail"]["times_s"]) == 2 and len(case["round_ratios"]) == 2
             assert set(case["torch_variants"]) == {"eager", "channels_last"}
+            applied = {v: d["applied"] for v, d in case["torch_variants"].items()}  # read back from torch's objects
+            assert applied["channels_last"]["channels_last_weights"] and applied["channels_last"]["channels_last_input"]
+            assert not applied["eager"]["channels_last_weights"] and not applied["eager"]["compiled"]
             fastest = max(v["throughput"] for v in case["torch_variants"].values())
             assert case["torch_variants"][case["torch_best"]]["throughput"] == fastest
             assert abs(case["ratio_best"] - case["jsr"] / fastest) < 1e-9
