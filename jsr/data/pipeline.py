@@ -16,7 +16,6 @@ from __future__ import annotations
 import collections
 import copy
 import sys
-import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -196,17 +195,14 @@ class DeviceIterator:
 
     ``get_state()`` describes the position after the last batch RETURNED (not the prefetched ones), so
     ``set_state(saved)`` on a fresh iterator continues with exactly the batch an uninterrupted run would get next.
-    The state is a JSON-serialisable dict ``{"format": STATE_FORMAT, "grain": <Grain's state, counting batches>}``.
-    A state saved by jsr before 2026-11-26 (Grain's bare ``{"next_index": examples}``) resumes at the same batch
-    count with a warning: that version shuffled differently, so the order after the resume is not the old run's;
-    format 2 (until the crops became one draw per batch) resumes with the same records and other crops, warned.
+    The state is a JSON-serialisable dict ``{"format": STATE_FORMAT, "grain": <Grain's state, counting batches>}``;
+    a state of another format is refused (it would resume with other data).
     """
 
-    STATE_FORMAT = 3  # 3: crops drawn per batch (CropBatch); 2 counted batches the same way, with per-example crops
+    STATE_FORMAT = 3  # crops drawn per batch (CropBatch)
 
-    def __init__(self, dataset: grain.IterDataset, mesh: Mesh, device_prefetch: int = 2, batch_size: int = 1):
+    def __init__(self, dataset: grain.IterDataset, mesh: Mesh, device_prefetch: int = 2):
         self._iter = iter(dataset)
-        self._batch_size = batch_size  # this process's rows per batch (to read a legacy state)
         self._mesh = mesh
         self._depth = max(0, device_prefetch)
         self._queue: collections.deque = collections.deque()
@@ -231,20 +227,6 @@ class DeviceIterator:
     def set_state(self, state: dict[str, Any]) -> None:
         if state.get("format") == self.STATE_FORMAT:
             grain_state = state["grain"]
-        elif state.get("format") == 2:  # the same batch count; records in the same order, other crops
-            grain_state = state["grain"]
-            warnings.warn(
-                f"training data state {state} comes from an older jsr (per-example crops): resuming at batch "
-                f"{grain_state.get('next_index')} with the same records in the same order, but other crops",
-                stacklevel=2,
-            )
-        elif set(state) == {"next_index"}:  # jsr before 2026-11-26: examples of a per-example Grain pipeline
-            grain_state = {"next_index": int(state["next_index"]) // self._batch_size}
-            warnings.warn(
-                f"training data state {state} comes from an older jsr (examples, another shuffle): resuming at "
-                f"batch {grain_state['next_index']}, but the order of the data from here differs from that run's",
-                stacklevel=2,
-            )
         else:
             raise ValueError(
                 f"unrecognised training data state with keys {sorted(state)} (expected format "
@@ -287,7 +269,7 @@ def make_device_iterator(
         prefetch_batches=prefetch_batches,
         num_workers=num_workers,
     )
-    return DeviceIterator(ds, mesh, device_prefetch, batch_size=per_process)
+    return DeviceIterator(ds, mesh, device_prefetch)
 
 
 def pad_batch(examples: Sequence[dict], batch_size: int) -> tuple[dict, list[str]]:

@@ -9,6 +9,7 @@ The artwork is copyrighted: it is downloaded by the user (PokeAPI sprites) or re
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -17,7 +18,6 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from jsr import images
-from jsr.data.sources import stable_bucket
 
 URL = "https://raw.githubusercontent.com/PokeAPI/sprites/master/sprites/pokemon/other/official-artwork/{id}.png"
 NUM_IDS = 809  # Generations 1-7 (the seed used 801 of these)
@@ -25,6 +25,11 @@ HR_SIZE = 256
 SCALE = 4
 WHITE = (1.0, 1.0, 1.0)
 SPLIT_OF_BUCKET = {0: "train", 1: "train", 2: "train", 3: "validation", 4: "test"}
+
+
+def stable_bucket(ident: str, buckets: int) -> int:
+    """Numeric ids by value, other names by CRC32: the same bucket on every machine and Python."""
+    return int(ident) % buckets if ident.isdigit() else zlib.crc32(ident.encode()) % buckets
 
 
 def split_of(ident: str) -> str:

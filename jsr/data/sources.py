@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -331,8 +330,3 @@ def div2k_source(split: str, data_dir: str | None = None) -> TfdsSource:
             f"({type(e).__name__}: {e}). Preparing it needs TensorFlow: pip install 'jsr[div2k]', then "
             f"python -m jsr.data.prepare --dataset=div2k{' --data_dir=' + data_dir if data_dir else ''}"
         ) from e
-
-
-def stable_bucket(ident: str, buckets: int) -> int:
-    """Numeric ids by value, other names by CRC32: the same bucket on every machine and Python."""
-    return int(ident) % buckets if ident.isdigit() else zlib.crc32(ident.encode()) % buckets
