@@ -1,9 +1,10 @@
-"""``python -m jsr.train --config=configs/X.py --workdir=DIR [--config.field=value ...]``: SRResNet / SRGAN training.
+"""``python -m jsr.train --config=configs/X.py --workdir=DIR [--config.field=value ...]``: SR training.
 
 Reads top to bottom: build the mesh, the models and the optimisers; restore the latest checkpoint of ``workdir`` if
 there is one; then loop: (D step, extra D passes early in training) -> G step -> log -> validate -> checkpoint.
-Stages: ``mse`` (pixel loss, SRResNet pre-training) and ``gan`` (G = w_pix MSE + w_vgg VGG54 + w_adv adversarial
-[+ w_tv TV]; D = BCE on logits; D step then G step on the same batch).
+Methods: the standard one, stage ``mse`` (pixel loss: SRResNet / ESRGAN-PSNR pre-training) or ``gan`` (SRGAN: G = w_pix
+MSE + w_vgg VGG54 + w_adv adversarial [+ w_tv TV], D = BCE on logits; ESRGAN: L1, VGG conv5_4 L1 and the
+relativistic average loss; D step then G step on the same batch), and Delta-STN (``config.deltastn``).
 
 Everything that changes during training lives in ``TrainState`` (parameters, BatchNorm statistics, both optimiser
 states, the step, the RNG, the plateau scale) and is checkpointed with the data iterator's position, so a run

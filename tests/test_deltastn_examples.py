@@ -74,6 +74,9 @@ def test_seed_study_fine_tunes_only_the_tail_and_tunes_the_augmentation(referee)
     for name, start in seed_study.SEED_VALUES.items():
         assert trajectory[0][1][name] == pytest.approx(start, rel=1e-5)
         assert trajectory[-1][1][name] != pytest.approx(start, rel=1e-6), name
+    stats = seed_study.hypergradient_stats(study, state, seed=0, batches=3)
+    assert set(stats) == set(seed_study.TUNED)
+    assert all(np.isfinite(v["t"]) and v["std"] > 0 for v in stats.values())
     tuned = study.psnr_y(study.variables_of(state), study.data["tune"])
     plain = study.psnr_y(released, study.data["tune"])
     assert np.isfinite(tuned) and tuned != plain

@@ -87,7 +87,7 @@ COLUMNS = {
 }
 
 
-def study_config(steps: int) -> ml_collections.ConfigDict:
+def study_config(steps: int, hyper_lr: float = 5e-2) -> ml_collections.ConfigDict:
     c = base_config()
     c.data.scale = SCALE
     c.data.patch_size = LR_PATCH
@@ -107,8 +107,8 @@ def study_config(steps: int) -> ml_collections.ConfigDict:
     c.deltastn.hypers = {name: (0.0, 2.0 * value, value) for name, value in SEED_VALUES.items()}
     c.deltastn.warmup_steps = max(1, steps // 10)
     c.deltastn.weight_steps_per_hyper = 2
-    c.deltastn.hyper_lr = 5e-2
-    c.deltastn.scale_lr = 5e-2
+    c.deltastn.hyper_lr = hyper_lr
+    c.deltastn.scale_lr = hyper_lr
     c.deltastn.response_lr = 1e-3
     return c
 
@@ -176,15 +176,16 @@ class Study:
     """One Delta-STN object serves every row: fixed rows run its general step at fixed hyperparameters (the same
     loss, the same augmentation code), the Delta-STN row its weight and hyper steps."""
 
-    def __init__(self, referee: Path, steps: int, limit: int | None = None):
+    def __init__(self, referee: Path, steps: int, limit: int | None = None, hyper_lr: float = 5e-2):
         self.steps = steps
         self.data = load_data(referee, limit)
         self.generator, self.variables = load_generator(referee)
-        self.config = study_config(steps)
+        self.config = study_config(steps, hyper_lr)
         optimizer = make_optimizer(self.config.optim.g, self.variables["params"], TRAINABLE)
         self.stn = make_deltastn(self.config, self.generator, optimizer)
         self.compiled = jit_steps(self.stn)
         self.general = jax.jit(self._general_step)
+        self.hypergradient = jax.jit(lambda state, batch: self.stn.hypergradient(state, batch))
         self.evaluator = MetricEvaluator(border=SCALE, batch_size=1)  # selection on Set14: PSNR-Y only
         nets = [perceptual.load_lpips(referee / "perceptual" / f"lpips_{net}.npz") for net in ("alexnet", "vgg16")]
         self.test_evaluator = MetricEvaluator(border=SCALE, batch_size=1, lpips=nets)  # jsr-evaluate's, + LPIPS
@@ -206,8 +207,9 @@ class Study:
     def u_of(self, values: dict) -> jnp.ndarray:
         return self.stn.space.unconstrain(values)
 
-    def train(self, seed: int, u=None, tune: bool = False):
-        """One fine-tuning run; returns (state, trajectory [(step, {name: value})])."""
+    def train(self, seed: int, u=None, tune: bool = False, before_first_hyper=None):
+        """One fine-tuning run; returns (state, trajectory [(step, {name: value})]). ``before_first_hyper(state)``
+        sees the weights the first hyper step starts from."""
         state = self.init_state(seed, u)
         rng, val_rng = np.random.default_rng(seed), np.random.default_rng(seed + 99)
         trajectory = [(0, self.stn.hparams(state))]
@@ -218,6 +220,8 @@ class Study:
                 continue
             state, _ = self.compiled.weight(state, batch)
             if self.stn.hyper_due(step):
+                if before_first_hyper is not None and len(trajectory) == 1:
+                    before_first_hyper(state)
                 state, _ = self.compiled.hyper(state, random_crops(val_rng, self.data["tune"], BATCH))
                 trajectory.append((step, self.stn.hparams(state)))
         return state, trajectory
@@ -281,6 +285,53 @@ def run_seed(study: Study, seed: int, trials: int, log) -> dict:
         log(f"  seed {seed} {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in out["rows"][name].items()))
     out["random_search"] = {"trials": count, "best_set14_psnr_y": best_score, "best": best_values}
     out["deltastn"] = {"tuned": study.stn.hparams(tuned), "trajectory": [{"step": s, **v} for s, v in trajectory]}
+    return out
+
+
+def hypergradient_stats(study: Study, state, seed: int, batches: int = 32) -> dict:
+    """d(Set14 validation MSE)/du through the learned response on ``batches`` random tuning batches: mean, sample std
+    and t = mean / (std / sqrt(n)) per hyperparameter (|t| < 2: the hyper steps follow noise, not a direction)."""
+    rng = np.random.default_rng(seed + 555)
+    grads = np.stack(
+        [np.asarray(study.hypergradient(state, random_crops(rng, study.data["tune"], BATCH))) for _ in range(batches)]
+    )
+    mean, std = grads.mean(0), grads.std(0, ddof=1)
+    return {
+        name: {"mean": float(m), "std": float(sd), "t": float(m / (sd / np.sqrt(batches)))}
+        for name, m, sd in zip(study.stn.space.names, mean, std, strict=True)
+    }
+
+
+def diagnose(referee: Path, seed: int, steps: int, hyper_lrs, log=print, limit=None) -> dict:
+    """Why Delta-STN does (not) beat the hand-set rows: how much the tuning objective (Set14 PSNR-Y) separates no
+    augmentation from the seed's, and per hyper learning rate where the magnitudes went, the Set14 score, and the
+    hypergradient's signal-to-noise ratio at the start (after warm-up) and at the end of tuning."""
+    out: dict = {"seed": seed, "steps": steps, "runs": {}}
+    for hyper_lr in hyper_lrs:
+        study = Study(referee, steps, limit, hyper_lr)
+        if not out["runs"]:
+            off = jnp.full((study.stn.space.size,), OFF)
+            for name, u in (("no_aug", off), ("seed_aug", study.u_of(SEED_VALUES))):
+                state, _ = study.train(seed, u=u)
+                out[f"set14_psnr_y_{name}"] = study.psnr_y(study.variables_of(state), study.data["tune"])
+                log(f"{name}: Set14 PSNR-Y {out[f'set14_psnr_y_{name}']:.3f}")
+        at_start: dict = {}
+
+        def probe(first, study=study, at_start=at_start):
+            at_start.update(hypergradient_stats(study, first, seed))
+
+        state, trajectory = study.train(seed, tune=True, before_first_hyper=probe)
+        run = {
+            "tuned": study.stn.hparams(state),
+            "set14_psnr_y": study.psnr_y(study.variables_of(state), study.data["tune"]),
+            "hypergradient_at_start": at_start,
+            "hypergradient_at_end": hypergradient_stats(study, state, seed),
+            "trajectory": [{"step": s, **v} for s, v in trajectory],
+        }
+        out["runs"][str(hyper_lr)] = run
+        t0, t1 = run["hypergradient_at_start"], run["hypergradient_at_end"]
+        moves = [f"{k}={v:.3g} (t {t0[k]['t']:+.1f} -> {t1[k]['t']:+.1f})" for k, v in run["tuned"].items()]
+        log(f"hyper lr {hyper_lr}: Set14 PSNR-Y {run['set14_psnr_y']:.3f}; tuned " + ", ".join(moves))
     return out
 
 
@@ -366,6 +417,15 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="folder for the JSON, the table and the figure")
     parser.add_argument("--limit-images", type=int, default=None, help="first N images of each folder (a smoke run)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument(
+        "--diagnose",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="HYPER_LR",
+        help="instead of the table: why Delta-STN does (not) win, for the first --seeds seed at these hyper "
+        "learning rates (writes seed_study_diagnosis.json)",
+    )
     args = parser.parse_args(argv)
     if args.steps < 1 or args.trials < 0 or (args.limit_images is not None and args.limit_images < 1):
         parser.error("--steps and --limit-images must be >= 1, --trials >= 0")
@@ -374,6 +434,13 @@ def main(argv=None) -> int:
     log = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else (lambda s: print(s, flush=True))
 
     def go():
+        if args.diagnose:
+            result = diagnose(args.referee, args.seeds[0], args.steps, args.diagnose, log, args.limit_images)
+            if args.out is not None:
+                args.out.mkdir(parents=True, exist_ok=True)
+                atomic.write_text(args.out / "seed_study_diagnosis.json", json.dumps(result, indent=1))
+            print(json.dumps(result, indent=1) if args.json else "", end="")
+            return 0
         result = run(args.referee, args.seeds, args.steps, args.trials, args.out, log, args.limit_images)
         print(json.dumps(result, indent=1) if args.json else markdown(result), end="")
         return 0
