@@ -237,12 +237,16 @@ def test_delta_stn_fine_tunes_a_converted_checkpoint_with_frozen_layers(tmp_path
          f"--config.data.val_lr_folder={images / 'Set5' / 'LR_bicubic' / 'X4'}", "--config.num_train_steps=30",
          "--config.eval_every_steps=30", "--config.log_every_steps=10", "--config.checkpoint_every_steps=30",
          "--config.batch_size=4", "--config.deltastn.warmup_steps=10", "--config.optim.g.learning_rate=1e-4",
-         "--config.optim.trainable=('tail|last_conv',)"],
+         "--config.optim.trainable=('tail|last_conv',)",
+         # start near Set5's clean LR: a degraded training LR alone costs dBs on the clean validation images
+         "--config.deltastn.hypers.blur_sigma=(0.0, 3.0, 0.05)",
+         "--config.deltastn.hypers.noise_sigma=(0.0, 0.1, 0.001)",
+         "--config.deltastn.hypers.rotation_deg=(0.0, 45.0, 1.0)"],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     after = evaluate(tmp_path, pairs(referee, "Set5", 4), "--model", f"g={run / 'best'}")
-    assert after["g"]["mean"]["psnr_y"] > before["g"]["mean"]["psnr_y"] - 0.3
+    assert after["g"]["mean"]["psnr_y"] > before["g"]["mean"]["psnr_y"] - 0.1
     _, old = load_model(converted["leftthomas4"])
     _, new = load_model(run / "best")
     for name in ("body_0", "body_4", "conv01", "conv02"):
