@@ -388,9 +388,34 @@ class TrainCheckpoints:
         self.manager.wait_until_finished()
 
 
+def _raised_in_orbax(error: BaseException | None) -> bool:
+    """Whether ``error`` (or an error it was raised from) passed through a frame of an orbax source file."""
+    seen = 0
+    while error is not None and seen < 16:
+        tb = error.__traceback__
+        while tb is not None:
+            if f"{os.sep}orbax{os.sep}" in tb.tb_frame.f_code.co_filename:
+                return True
+            tb = tb.tb_next
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
+
+
+class _AbandonedOrbaxTasks(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" records for the failed reads of an abandoned restore."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (record.getMessage().startswith("Task exception was never retrieved") and _raised_in_orbax(error))
+
+
 def _drop_abandoned_orbax_reads() -> None:
     """From now on in this process, the abandoned async reads of a failed restore may be collected at any time
-    (even after stderr is back): their "Exception ignored in <coroutine>" reports are dropped; any other is kept."""
+    (even after stderr is back): their "Exception ignored in <coroutine>" reports and asyncio's "Task exception was
+    never retrieved" records are dropped; any other report is kept."""
+    asyncio_logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _AbandonedOrbaxTasks) for f in asyncio_logger.filters):
+        asyncio_logger.addFilter(_AbandonedOrbaxTasks())
     previous = sys.unraisablehook
     if getattr(previous, "drops_orbax_reads", False):
         return

@@ -262,3 +262,35 @@ def test_late_reports_of_abandoned_orbax_reads_are_dropped_and_others_kept(monke
     sys.unraisablehook(Report(other))
     orbax_read.close(), other.close()
     assert [report.object for report in seen] == [other]
+
+
+def test_asyncio_records_of_abandoned_orbax_reads_are_dropped_and_others_kept():
+    # The same reads may instead end as asyncio's "Task exception was never retrieved" log record (seen in CI).
+    import logging
+
+    from jsr import checkpoints
+
+    checkpoints._drop_abandoned_orbax_reads()
+    checkpoints._drop_abandoned_orbax_reads()  # idempotent: one filter
+    logger = logging.getLogger("asyncio")
+    assert sum(isinstance(f, checkpoints._AbandonedOrbaxTasks) for f in logger.filters) == 1
+
+    def error_from(filename):
+        namespace = {}
+        exec(compile("def read():\n    raise ValueError('OUT_OF_RANGE')\n", filename, "exec"), namespace)
+        try:
+            namespace["read"]()
+        except ValueError as e:
+            try:
+                raise RuntimeError("Encountered error while reading array index") from e
+            except RuntimeError as outer:
+                return outer
+
+    def record(message, error):
+        return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, message, None, (type(error), error, None))
+
+    orbax = error_from(os.path.join(os.sep, "site-packages", "orbax", "checkpoint", "serialization.py"))
+    mine = error_from(os.path.join(os.sep, "site-packages", "mine", "reader.py"))
+    assert not logger.filter(record("Task exception was never retrieved", orbax))
+    assert logger.filter(record("Task exception was never retrieved", mine))
+    assert logger.filter(record("some other asyncio error", orbax))
