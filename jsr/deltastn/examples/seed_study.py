@@ -44,6 +44,7 @@ from jsr.config import base_config
 from jsr.convert import convert_state_dict, read_state_dict
 from jsr.data.augment import SEED_RECIPE
 from jsr.deltastn import jit_steps
+from jsr.deltastn.examples.sr_degradation import general_only
 from jsr.deltastn.sr import make_deltastn
 from jsr.errors import UserError, run_cli
 from jsr.evaluate import MetricEvaluator
@@ -184,7 +185,7 @@ class Study:
         optimizer = make_optimizer(self.config.optim.g, self.variables["params"], TRAINABLE)
         self.stn = make_deltastn(self.config, self.generator, optimizer)
         self.compiled = jit_steps(self.stn)
-        self.general = jax.jit(self._general_step)
+        self.general = general_only(self.stn)  # fixed hyperparameters: the general step alone
         self.hypergradient = jax.jit(lambda state, batch: self.stn.hypergradient(state, batch))
         self.evaluator = MetricEvaluator(border=SCALE, batch_size=1)  # selection on Set14: PSNR-Y only
         nets = [perceptual.load_lpips(referee / "perceptual" / f"lpips_{net}.npz") for net in ("alexnet", "vgg16")]
@@ -194,11 +195,6 @@ class Study:
             lambda v, lr: archs.convert_range(self.generator.apply(v, lr, train=False), model_range, (0.0, 1.0))
         )
         self._to_model = lambda lr: archs.convert_range(lr, (0.0, 1.0), model_range)
-
-    def _general_step(self, state, batch):
-        rng, key = jax.random.split(state.rng)
-        state, _ = self.stn.general_step(state, batch, key)
-        return state.replace(step=state.step + 1, rng=rng)
 
     def init_state(self, seed: int, u=None):
         x = jnp.zeros((1, LR_PATCH, LR_PATCH, 3))
