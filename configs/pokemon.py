@@ -15,7 +15,7 @@ watched validation VGG54; PSNR-Y needs no VGG pass at validation time).
 """
 
 from jsr.config import base_config, shrink
-from jsr.data.augment import SEED_RECIPE
+from jsr.data.augment import STUDY_RECIPE
 
 TRAIN_IMAGES = 485  # ids 1..809, 60% by id
 BATCH = 24
@@ -36,7 +36,7 @@ def get_config(variant: str = ""):
     c.data.augment.enabled = True
     c.data.augment.mode = "derive"
     c.data.augment.fill = "white"
-    for name, value in SEED_RECIPE.items():
+    for name, value in STUDY_RECIPE.items():
         c.data.augment[name] = value
     c.discriminator.patch_size = 256
     c.batch_size = BATCH
@@ -54,7 +54,7 @@ def get_config(variant: str = ""):
     c.optim.d.schedule = "step"
     c.optim.d.step_size = 200 * STEPS_PER_EPOCH
     c.optim.d.gamma = 0.1
-    c.optim.d_passes = "seed"
+    c.optim.d_passes = "study"
     c.optim.steps_per_epoch = STEPS_PER_EPOCH
     if variant == "tiny":
         c.init_from = ""

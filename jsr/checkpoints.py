@@ -30,6 +30,7 @@ from jsr.errors import UserError
 
 MODEL_FILE = "jsr_model.json"
 VARIABLES_DIR = "variables"
+GENERATOR_ITEM = "generator"  # the item of a train checkpoint holding the generator's variables
 TRAIN_CHECKPOINTS = "checkpoints"
 FORMAT_VERSION = 1
 MODEL_ENTRIES = (MODEL_FILE, VARIABLES_DIR)  # all that a model directory holds
@@ -164,19 +165,14 @@ def _read_variables(directory: Path, description: dict[str, Any]) -> dict:
         step = _readable(lambda: TrainCheckpoints(checkpoints).latest_step(), checkpoints, "its step list is damaged")
         if step is None:
             raise ModelFileError(f"training workdir {directory} has no checkpoint yet")
-        where = directory / TRAIN_CHECKPOINTS / str(step) / "state"
+        where = directory / TRAIN_CHECKPOINTS / str(step) / GENERATOR_ITEM
         redo = "this checkpoint is damaged: move it away to load the previous one, or export the model again"
     else:
         raise ModelFileError(f"{directory} has neither {VARIABLES_DIR}/ nor {TRAIN_CHECKPOINTS}/")
 
     def restore() -> dict:
         with ocp.StandardCheckpointer() as checkpointer:
-            tree = restore_on_host(checkpointer, where)
-        if where == variables_path:
-            return tree
-        # where the trainer keeps the generator inside its state ("a/b" = state["a"]["b"])
-        inside = description.get("generator_in_state", {"params": "g_params", "batch_stats": "g_batch_stats"})
-        return {name: _lookup(tree, path) for name, path in inside.items()}
+            return restore_on_host(checkpointer, where)
 
     return jax.tree.map(np.asarray, _readable(restore, where, redo))
 
@@ -270,12 +266,6 @@ def _flat_leaves(tree: Any) -> dict[str, np.ndarray]:
     return {name: np.asarray(leaf) for name, (_, leaf) in zip(names, leaves, strict=True)}
 
 
-def _lookup(tree: Any, path: str) -> Any:
-    for key in path.split("/"):
-        tree = tree[key]
-    return tree
-
-
 def restore_on_host(checkpointer: ocp.StandardCheckpointer, path: Path) -> Any:
     """Restore a pytree onto this process's first device, whatever devices (or processes) saved it."""
     metadata = checkpointer.metadata(path)
@@ -295,9 +285,11 @@ class CheckpointUnreadable(UserError):
 
 
 class TrainCheckpoints:
-    """A run's Orbax checkpoints: ``<step>/state`` (the TrainState pytree) and ``<step>/meta`` (JSON: data iterator
-    position, plateau, bookkeeping). Orbax finalises a step by renaming a temporary directory, so a crash mid-save
-    leaves the previous checkpoints untouched. Steps that cannot be read are moved to ``unreadable/``, never deleted."""
+    """A run's Orbax checkpoints: ``<step>/state`` (the method's state pytree), ``<step>/meta`` (JSON: data iterator
+    position, plateau, bookkeeping) and ``<step>/generator`` (the generator's variables, exported by the trainer:
+    what ``load_model`` of a workdir reads). Orbax finalises a step by renaming a temporary directory, so a crash
+    mid-save leaves the previous checkpoints untouched. Steps that cannot be read are moved to
+    ``unreadable_checkpoints/``, never deleted."""
 
     def __init__(self, directory: str | os.PathLike, keep: int = 3):
         self.directory = Path(directory).absolute()
@@ -306,15 +298,16 @@ class TrainCheckpoints:
 
     def _open(self) -> ocp.CheckpointManager:
         options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True)
-        return ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+        return ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta", GENERATOR_ITEM))
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state: Any, meta: dict, force: bool = False) -> None:
+    def save(self, step: int, state: Any, meta: dict, generator: dict, force: bool = False) -> None:
         if self.manager.latest_step() == step:
             return
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
+        args = ocp.args.Composite(**items, **{GENERATOR_ITEM: ocp.args.StandardSave(generator)})
         self.manager.save(step, args=args, force=force)
 
     def restore_latest(self, template: Any, note: Callable[[str], None] = print) -> tuple[Any, dict] | None:

@@ -2,7 +2,7 @@
 
 Contract (read by other tools): ``num_train_steps``, ``log_every_steps``, ``eval_every_steps``,
 ``checkpoint_every_steps``, ``seed``, ``batch_size`` (global), ``stage`` ('mse' | 'gan'), ``init_from``,
-``model.*``, ``data.*`` (see ``jsr.data.default_data_config``), ``optim.*``.
+``model.*``, ``data.*`` (``default_data_config``), ``optim.*``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,63 @@ from pathlib import Path
 
 import ml_collections
 
-from jsr.data import default_data_config
+from jsr import images
+
+# Per-example augmentation magnitudes (config.data.augment fields) and their shapes; jsr.data.augment reads them.
+AUGMENT_PARAM_SHAPES = {
+    "rotation_deg": (),
+    "translate": (2,),
+    "scale": (),
+    "shear_deg": (),
+    "perspective_distortion": (),
+    "perspective_prob": (),
+    "grayscale_prob": (),
+    "hflip_prob": (),
+    "vflip_prob": (),
+    "transpose_prob": (),
+}
+
+
+def default_augment_config() -> ml_collections.ConfigDict:
+    """Augmentation off by default; ``jsr.data.augment.STUDY_RECIPE`` holds the seed study's magnitudes."""
+    return ml_collections.ConfigDict(
+        {
+            "enabled": False,
+            "mode": "derive",  # 'derive': LR re-made from the warped HR on device | 'paired': warp both
+            "fill": "white",  # colour name, #rrggbb or 'r,g,b'
+            **{name: (0.0, 0.0) if name == "translate" else 0.0 for name in AUGMENT_PARAM_SHAPES},
+        }
+    )
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+    """Every ``config.data`` field with its default."""
+    return ml_collections.ConfigDict(
+        {
+            "source": "samples",  # 'samples' | 'pokemon' | 'div2k' | 'folder'
+            "data_dir": "",  # TFDS data_dir ('' = ~/tensorflow_datasets)
+            "manual_dir": "",  # Pokemon PNGs for offline preparation (python -m jsr.data.prepare)
+            "folder": "",  # HR images (source 'folder')
+            "lr_folder": "",  # matching LR images by file stem ('' = LR by Pillow downscale of HR)
+            "val_folder": "",  # validation/test HR images ('' = hold out val_fraction of `folder`)
+            "val_lr_folder": "",
+            "val_fraction": 0.1,
+            "skip_bad_files": False,  # False: stop before training with the list of bad files; True: skip them
+            "max_image_pixels": images.MAX_PIXELS,  # larger folder images are bad files, refused before decoding
+            "scale": 4,
+            "patch_size": 24,  # LR training crop (HR = scale * patch); 0 = whole images
+            "eval_patch_size": 0,  # LR centre crop for evaluation; 0 = whole images
+            "downscale": "bicubic",  # host LR: Pillow 'bicubic' | 'lanczos' | ..., or 'matlab' (MATLAB imresize)
+            "background": "white",  # for transparent images in folders
+            "num_threads": 0,  # host decode/crop threads; 0 = min(8, CPU cores): extra threads lose to the GIL
+            "num_workers": 0,  # Grain worker processes (0 = threads only)
+            "prefetch": 4,  # host batches prepared ahead (at least num_threads, one per thread)
+            "device_prefetch": 2,  # batches already placed on the devices ahead
+            "augment": default_augment_config(),
+            # LR re-made on device from the (augmented) HR: blur (HR px) -> x scale bicubic -> noise (std, [0, 1])
+            "degrade": ml_collections.ConfigDict({"enabled": False, "blur_sigma": 0.0, "noise_sigma": 0.0}),
+        }
+    )
 
 
 def optimizer_config(learning_rate: float, **overrides) -> ml_collections.ConfigDict:
@@ -94,8 +150,9 @@ def base_config() -> ml_collections.ConfigDict:
                 "patience": 10,
                 "min_scale": 0.0,
             },
-            "d_passes": "one",  # 'one' | 'seed': max(5 - epoch // 5, 1) D passes per G step, early in training
-            "steps_per_epoch": 0,  # for 'seed' d_passes
+            # 'one' | 'study' (the original study's): max(5 - epoch // 5, 1) D passes per G step, early in training
+            "d_passes": "one",
+            "steps_per_epoch": 0,  # for 'study' d_passes
         }
     )
     c.data = default_data_config()

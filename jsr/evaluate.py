@@ -2,7 +2,7 @@
 
     python -m jsr.evaluate --model NAME=DIR [--model NAME=DIR ...] [--sr NAME=FOLDER ...] \\
         --dataset SPEC --output DIR [--vgg VGG19_DIR] [--scale 4] [--border B] [--no-quantise] \\
-        [--figures N] [--zoom Y,X,SIZE] [--table full|seed]
+        [--figures N] [--zoom Y,X,SIZE] [--table full|study]
 
 Methods: ``--model NAME=DIR`` (a converted or trained generator directory), ``--sr NAME=FOLDER`` (precomputed
 outputs of any other method, one image per data-set stem, same size as the HR), and the baselines ``bicubic``
@@ -19,7 +19,7 @@ vgg16_relu5_3_mse, on whole unpadded images (one compile per image size).
 
 Metrics (``jsr.metrics``): mse, psnr_y, psnr_rgb, ssim_y, ssim_rgb on uint8-quantised outputs unless ``--no-quantise``;
 PSNR/SSIM crop ``--border`` (default: the scale) pixels from every side, MSE and the VGG metrics use whole images.
-vgg22 / vgg54 = MSE of VGG19 relu2_2 / relu5_4 features; seed_vgg22 / seed_vgg54 = mse + 0.006 * that (the seed's
+vgg22 / vgg54 = MSE of VGG19 relu2_2 / relu5_4 features; study_vgg22 / study_vgg54 = mse + 0.006 * that (the seed's
 "VGG22" / "VGG54"). VGG metrics need ``--vgg`` (``tools/convert_torch_weights.py --model vgg19``); without it they are
 omitted. Means are over images (the mean of per-image PSNRs, as papers report).
 
@@ -46,8 +46,8 @@ import numpy as np
 from jsr import atomic, compile_cache, images
 from jsr.errors import UserError, run_cli
 
-METRICS = ("mse", "psnr_y", "psnr_rgb", "ssim_y", "ssim_rgb", "vgg22", "vgg54", "seed_vgg22", "seed_vgg54")
-VGG_METRICS = ("vgg22", "vgg54", "seed_vgg22", "seed_vgg54")
+METRICS = ("mse", "psnr_y", "psnr_rgb", "ssim_y", "ssim_rgb", "vgg22", "vgg54", "study_vgg22", "study_vgg54")
+VGG_METRICS = ("vgg22", "vgg54", "study_vgg22", "study_vgg54")
 # jsr.perceptual, per LPIPS network given (--lpips): its distance, and for VGG16 its feature MSEs
 PERCEPTUAL_METRICS = {
     "alexnet": ("lpips_alex",),
@@ -62,14 +62,14 @@ COLUMNS = {
     "ssim_rgb": ("SSIM-RGB", ".4f"),
     "vgg22": ("VGG22 feat. MSE", ".4f"),
     "vgg54": ("VGG54 feat. MSE", ".4f"),
-    "seed_vgg22": ("seed VGG22", ".6f"),
-    "seed_vgg54": ("seed VGG54", ".6f"),
+    "study_vgg22": ("study VGG22", ".6f"),
+    "study_vgg54": ("study VGG54", ".6f"),
     "lpips_alex": ("LPIPS-alex", ".4f"),
     "lpips_vgg": ("LPIPS-vgg", ".4f"),
     "vgg16_relu2_2_mse": ("VGG16 relu2_2 MSE", ".4f"),
     "vgg16_relu5_3_mse": ("VGG16 relu5_3 MSE", ".4f"),
 }
-SEED_TABLE = ("mse", "psnr_y", "seed_vgg22", "seed_vgg54")  # the columns of the seed's table
+STUDY_TABLE = ("mse", "psnr_y", "study_vgg22", "study_vgg54")  # the columns of the seed's table
 BASELINES = ("bicubic", "lanczos")
 MEAN_ROW = "(mean)"  # the image column of the mean rows in results.csv
 MIN_BUCKET = 64
@@ -160,7 +160,7 @@ def _open_tfds(rest: str, spec: str, scale: int, data_dir: str | None) -> Datase
     except Exception as e:  # tfds raises DatasetNotFoundError, AssertionError, ValueError, FileNotFoundError
         raise EvaluationError(
             f"--dataset {spec}: cannot open TFDS {name!r} split {split!r} in {data_dir or '~/tensorflow_datasets'} "
-            f"({type(e).__name__}: {e}). Prepare it first (python -m jsr.data.prepare) or pass --data_dir."
+            f"({type(e).__name__}: {e}). Prepare it first (python -m jsr.data.prepare) or pass --data-dir."
         ) from e
     from jsr.data.sources import TfdsSource
 
@@ -303,7 +303,7 @@ def load_vgg(directory: str | None):
     """(module, variables) of converted VGG19 weights, or None (with a printed note) when none are given."""
     if directory is None:
         print(
-            "note: VGG metrics (vgg22, vgg54, seed_vgg22, seed_vgg54) omitted: no --vgg given. Convert torchvision's "
+            "note: VGG metrics (vgg22, vgg54, study_vgg22, study_vgg54) omitted: no --vgg given. Convert torchvision's "
             "vgg19-dcbb9e9d.pth with `python tools/convert_torch_weights.py --model vgg19 --input FILE --output DIR` "
             "and pass --vgg DIR."
         )
@@ -566,8 +566,11 @@ def parse_zoom(value: str | None) -> tuple[int, int, int] | None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m jsr.evaluate",
+        prog="jsr-evaluate",
         description=__doc__,
+        epilog="examples:\n"
+        "  jsr-evaluate --model mine=runs/quickstart/best --dataset folder:Set5/HR --output results/set5\n"
+        "  jsr-evaluate --model g=pan-x4 --dataset pairs:Set5/HR,Set5/LR_bicubic/X4 --output results/pan --figures 0",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", action="append", default=[], metavar="NAME=DIR", help="a generator (repeatable); "
@@ -599,13 +602,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="how folder: data sets make their LR: Pillow's filters, or 'matlab' (MATLAB imresize bicubic, bit-exact: "
         "what published benchmark tables use)",
     )
-    p.add_argument("--data_dir", default=None, help="TFDS data_dir for tfds: data sets")
+    p.add_argument("--data-dir", "--data_dir", dest="data_dir", default=None, help="TFDS data_dir for tfds: data sets")
     p.add_argument("--max-pixels", type=images.pixel_limit, default=images.MAX_PIXELS, metavar="N",
                    help="refuse image files over N pixels unread (default %(default)s)")  # fmt: skip
     p.add_argument("--figures", type=int, default=4, help="comparison figures for the first N images (0: none)")
     p.add_argument("--zoom", default=None, metavar="Y,X,SIZE", help="add a zoomed crop row to the figures")
-    p.add_argument("--table", choices=("full", "seed"), default="full", help="'seed': the seed's columns only")
-    p.add_argument("--batch_size", type=int, default=None, help="images per metric batch (default: device count)")
+    p.add_argument(
+        "--table", choices=("full", "study"), default="full", help="'study': the original study's columns only"
+    )
+    p.add_argument(
+        "--batch-size",
+        "--batch_size",
+        dest="batch_size",
+        type=int,
+        default=None,
+        help="images per metric batch (default: device count)",
+    )
     return p
 
 
@@ -707,7 +719,7 @@ def evaluate(args: argparse.Namespace) -> Run:
         "methods": {m.name: m.kind for m in methods},
         "mean": "mean over images of per-image values",
     }
-    table = results.markdown(SEED_TABLE if args.table == "seed" else results.metric_names)
+    table = results.markdown(STUDY_TABLE if args.table == "study" else results.metric_names)
     for name, text in (("results.csv", results.to_csv()), ("results.md", table)):
         atomic.write_text(args.output / name, text)
         files.append(args.output / name)

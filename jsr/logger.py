@@ -4,6 +4,7 @@ and a progress line with steps/s and ETA. Only the primary process writes."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -45,7 +46,8 @@ class MetricLogger:
         kept = [line for line, at in steps if at is not None and at <= step]
         atomic.write_text(self.path, "".join(line + "\n" for line in kept))
 
-    def write(self, step: int, scalars: dict[str, float], progress: bool = False) -> None:
+    def write(self, step: int, scalars: dict[str, float], loss: str | None = None) -> None:
+        """Append ``scalars``; with ``loss`` (the name of the loss scalar), also print a progress line."""
         if not self.enabled:
             return
         scalars = {k: float(v) for k, v in scalars.items()}
@@ -54,14 +56,14 @@ class MetricLogger:
         for name, value in scalars.items():
             self.writer.add_scalar(name, value, step)
         self.writer.flush()
-        if progress:
+        if loss is not None:
             now, then = time.perf_counter(), self._clock
             rate = (step - then[1]) / max(now - then[0], 1e-9)
             self._clock = (now, step)
             eta = (self.total_steps - step) / rate if rate > 0 else 0
-            loss = scalars.get("g_loss", scalars.get("general_loss", float("nan")))
+            shown = scalars.get(loss, math.nan)
             self.note(
-                f"step {step}/{self.total_steps} | loss {loss:.5f} | {rate:.2f} steps/s | ETA {format_duration(eta)}"
+                f"step {step}/{self.total_steps} | loss {shown:.5f} | {rate:.2f} steps/s | ETA {format_duration(eta)}"
             )
         elif any(k.startswith("val/") for k in scalars):
             self.note(f"step {step} | " + " | ".join(f"{k} {v:.4f}" for k, v in scalars.items()))

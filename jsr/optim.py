@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import ml_collections
 import optax
+
+from jsr.spec import OptimizerSpec, PlateauSpec
 
 TRAIN, FROZEN = "train", "frozen"
 
@@ -39,10 +40,10 @@ def trainable_labels(params: Any, patterns: Sequence[str]) -> Any:
     return labels
 
 
-def learning_rate_schedule(cfg: ml_collections.ConfigDict) -> optax.Schedule:
+def learning_rate_schedule(cfg: OptimizerSpec) -> optax.Schedule:
     """``cfg.schedule``: 'constant' | 'step' (x ``gamma`` every ``step_size`` steps, PyTorch's StepLR) | 'cosine'."""
     lr = float(cfg.learning_rate)
-    kind = cfg.get("schedule", "constant")
+    kind = cfg.schedule
     if kind == "constant":
         return optax.constant_schedule(lr)
     if kind == "step":
@@ -54,27 +55,25 @@ def learning_rate_schedule(cfg: ml_collections.ConfigDict) -> optax.Schedule:
     raise ValueError(f"unknown learning-rate schedule {kind!r}; choose constant, step or cosine")
 
 
-def make_optimizer(
-    cfg: ml_collections.ConfigDict, params: Any, trainable: Sequence[str] = ()
-) -> optax.GradientTransformation:
+def make_optimizer(cfg: OptimizerSpec, params: Any, trainable: Sequence[str] = ()) -> optax.GradientTransformation:
     """``cfg.name``: 'adam' (AdamW when ``cfg.weight_decay`` > 0) or 'sgd' (with ``cfg.momentum``), on the trainable
     leaves; frozen leaves never move."""
     schedule = learning_rate_schedule(cfg)
-    weight_decay = float(cfg.get("weight_decay", 0.0))
-    name = cfg.get("name", "adam")
+    weight_decay = float(cfg.weight_decay)
+    name = cfg.name
     if name == "adam":
-        b1, b2 = float(cfg.get("b1", 0.9)), float(cfg.get("b2", 0.999))
+        b1, b2 = float(cfg.b1), float(cfg.b2)
         if weight_decay > 0:
             base = optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay)
         else:
             base = optax.adam(schedule, b1=b1, b2=b2)
     elif name == "sgd":
-        base = optax.sgd(schedule, momentum=float(cfg.get("momentum", 0.0)) or None)
+        base = optax.sgd(schedule, momentum=float(cfg.momentum) or None)
         if weight_decay > 0:
             base = optax.chain(optax.add_decayed_weights(weight_decay), base)
     else:
         raise ValueError(f"unknown optimizer {name!r}; choose adam or sgd")
-    if cfg.get("clip_grad_norm", 0.0):
+    if cfg.clip_grad_norm:
         base = optax.chain(optax.clip_by_global_norm(float(cfg.clip_grad_norm)), base)
     if not trainable:
         return base
@@ -113,12 +112,7 @@ class Plateau:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_config(cfg: type, pcfg: ml_collections.ConfigDict | None) -> Plateau | None:
-        if pcfg is None or not pcfg.get("enabled", False):
+    def from_spec(cls, spec: PlateauSpec) -> Plateau | None:
+        if not spec.enabled:
             return None
-        return cfg(
-            mode=pcfg.get("mode", "max"),
-            factor=float(pcfg.get("factor", 0.5)),
-            patience=int(pcfg.get("patience", 10)),
-            min_scale=float(pcfg.get("min_scale", 0.0)),
-        )
+        return cls(mode=spec.mode, factor=float(spec.factor), patience=int(spec.patience), min_scale=spec.min_scale)

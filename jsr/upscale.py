@@ -144,7 +144,13 @@ class TileProgress:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jsr.upscale", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="jsr-upscale",
+        description=__doc__.split("\n\n")[0],
+        epilog="examples:\n  jsr-upscale --weights weights/srgan --input photo.jpg --output photo_x4.png\n"
+        "  jsr-upscale --weights realesrgan-x4plus --input photos/ --output photos_x4/ --tile 256",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--weights", required=True, help=weights_help())
     parser.add_argument("--input", required=True, type=Path, help="an image file or a folder of images")
     parser.add_argument("--output", required=True, type=Path, help="a .png file, or a folder")

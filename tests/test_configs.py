@@ -1,6 +1,7 @@
 """Every config loads (full and tiny), follows the recipes it cites, and the tiny variants train."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ from PIL import Image
 
 from jsr.config import load_config_file
 from jsr.data import prepare
-from jsr.train import TrainingError, check_config, train_and_evaluate
+from jsr.train import TrainingError, resolve, train_and_evaluate
 
 CONFIGS = [
     "quickstart", "quickstart_deltastn", "pokemon", "pokemon_deltastn", "div2k_srresnet", "div2k_srgan", "esrgan_psnr",
@@ -20,7 +21,11 @@ CONFIGS = [
 @pytest.mark.parametrize("variant", ["", "tiny"])
 def test_every_config_loads_and_is_consistent(repo_root, name, variant):
     config = load_config_file(repo_root / "configs" / f"{name}.py", variant)
-    check_config(config)
+    if config.init_from and not Path(config.init_from).exists():  # released weights the user converts first
+        with pytest.raises(TrainingError, match="config.init_from: model directory"):
+            resolve(config)
+        config.init_from = ""
+    resolve(config)
     assert config.batch_size % 4 == 0  # splits over the 4 simulated test devices
     if variant == "tiny":
         assert config.num_train_steps <= 6 and config.model.num_blocks <= 2
@@ -43,7 +48,7 @@ def test_pokemon_is_the_seed_recipe(repo_root):
     )
     assert (c.optim.d.learning_rate, c.optim.d.gamma) == (5e-5, 0.1)
     assert c.optim.d.step_size == 200 * c.optim.steps_per_epoch  # StepLR(200 epochs)
-    assert (c.optim.plateau.factor, c.optim.plateau.patience) == (0.5, 10) and c.optim.d_passes == "seed"
+    assert (c.optim.plateau.factor, c.optim.plateau.patience) == (0.5, 10) and c.optim.d_passes == "study"
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +62,7 @@ def pokemon_data_dir(tmp_path_factory):
         rgba[100:380, 120:360, 3] = 255
         Image.fromarray(rgba, "RGBA").save(art / f"{i}.png")
     out = tmp_path_factory.mktemp("tfds")
-    prepare.main(["--dataset=pokemon", f"--manual_dir={art}", f"--data_dir={out}"])
+    prepare.main(["--dataset=pokemon", f"--manual-dir={art}", f"--data-dir={out}"])
     return out
 
 
@@ -90,11 +95,11 @@ def test_deltastn_refuses_the_reverse_mode_only_conv(repo_root, tmp_path):
 
 def test_conv_auto_is_fast_on_cpu_and_xla_for_deltastn_and_accelerators(repo_root, tmp_path):
     from jsr.ops.conv import resolve_conv
-    from jsr.train import conv_path
+    from jsr.train import resolve
 
     assert load_config_file(repo_root / "configs" / "quickstart.py").model.conv == "auto"
-    assert conv_path(load_config_file(repo_root / "configs" / "quickstart.py")) == "fast"  # tests run on CPU
-    assert conv_path(load_config_file(repo_root / "configs" / "quickstart_deltastn.py")) == "xla"
+    assert resolve(load_config_file(repo_root / "configs" / "quickstart.py")).model.conv == "fast"  # tests run on CPU
+    assert resolve(load_config_file(repo_root / "configs" / "quickstart_deltastn.py")).model.conv == "xla"
     assert resolve_conv("auto", "gpu") == "xla" and resolve_conv("fast", "gpu") == "fast"
     config = load_config_file(repo_root / "configs" / "quickstart.py", "tiny")
     config.model.conv = "fft"

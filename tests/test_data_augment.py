@@ -120,7 +120,7 @@ def test_jitted_without_recompiles_across_batches():
         traces.append(1)
         return A.augment_batch(key, hr, lr, params, scale=4, mode="derive")
 
-    params = A.make_params(4, **A.SEED_RECIPE)
+    params = A.make_params(4, **A.STUDY_RECIPE)
     for i in range(3):
         params = jax.tree.map(lambda p, i=i: p * (0.5 + 0.1 * i), params)
         hr, lr = step(jax.random.key(i), images(4, 32, 32, seed=i), images(4, 8, 8, seed=i), params)

@@ -39,7 +39,7 @@ def manual_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def data_dir(manual_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("tfds")
-    prepare.main(["--dataset=pokemon", f"--manual_dir={manual_dir}", f"--data_dir={out}"])
+    prepare.main(["--dataset=pokemon", f"--manual-dir={manual_dir}", f"--data-dir={out}"])
     return out
 
 
@@ -96,13 +96,13 @@ def test_unprepared_pokemon_says_how_to_prepare(tmp_path):
 
 
 def test_empty_manual_dir_is_refused(tmp_path, capsys):
-    assert prepare.main(["--dataset=pokemon", f"--manual_dir={tmp_path}", f"--data_dir={tmp_path / 'out'}"]) == 2
+    assert prepare.main(["--dataset=pokemon", f"--manual-dir={tmp_path}", f"--data-dir={tmp_path / 'out'}"]) == 2
     assert "no *.png" in capsys.readouterr().err
 
 
 def test_div2k_without_tensorflow_names_the_extra(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "tensorflow", None)  # as if TensorFlow were not installed
-    assert prepare.main(["--dataset=div2k", f"--data_dir={tmp_path}"]) == 2
+    assert prepare.main(["--dataset=div2k", f"--data-dir={tmp_path}"]) == 2
     err = capsys.readouterr().err
     assert "pip install 'jsr[div2k]'" in err and len(err.strip().splitlines()) == 1
 

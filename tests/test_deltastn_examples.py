@@ -51,16 +51,16 @@ def test_short_known_answer_run_moves_the_blur_towards_the_hidden_truth(referee)
 
 @pytest.mark.referee
 @pytest.mark.slow
-def test_seed_study_fine_tunes_only_the_tail_and_tunes_the_augmentation(referee):
+def test_augmentation_study_fine_tunes_only_the_tail_and_tunes_the_augmentation(referee):
     """The seed study's Delta-STN row on leftthomas' released generator: the frozen body (and its BatchNorm
     statistics) stay bit-identical to the converted checkpoint, only the trained layers respond, the nine
     magnitudes move, and the fine-tuned tail scores differently from the released one on the tuning images."""
     import jax
     import numpy as np
 
-    from jsr.deltastn.examples import seed_study
+    from jsr.deltastn.examples import augmentation_study
 
-    study = seed_study.Study(referee, steps=8, limit=2)
+    study = augmentation_study.Study(referee, steps=8, limit=2)
     state, trajectory = study.train(0, tune=True)
     released = study.variables
     for name in ("conv01", "body_0", "body_4", "conv02"):
@@ -71,11 +71,11 @@ def test_seed_study_fine_tunes_only_the_tail_and_tunes_the_augmentation(referee)
     last = "last_conv", "conv", "kernel"
     assert not np.array_equal(state.params[last[0]][last[1]][last[2]], released["params"][last[0]][last[1]][last[2]])
     assert len(trajectory) > 2
-    for name, start in seed_study.SEED_VALUES.items():
+    for name, start in augmentation_study.STUDY_VALUES.items():
         assert trajectory[0][1][name] == pytest.approx(start, rel=1e-5)
         assert trajectory[-1][1][name] != pytest.approx(start, rel=1e-6), name
-    stats = seed_study.hypergradient_stats(study, state, seed=0, batches=3)
-    assert set(stats) == set(seed_study.TUNED)
+    stats = augmentation_study.hypergradient_stats(study, state, seed=0, batches=3)
+    assert set(stats) == set(augmentation_study.TUNED)
     assert all(np.isfinite(v["t"]) and v["std"] > 0 for v in stats.values())
     tuned = study.psnr_y(study.variables_of(state), study.data["tune"])
     plain = study.psnr_y(released, study.data["tune"])
@@ -84,24 +84,24 @@ def test_seed_study_fine_tunes_only_the_tail_and_tunes_the_augmentation(referee)
 
 @pytest.mark.referee
 @pytest.mark.slow
-def test_seed_study_command_writes_the_table_the_json_and_the_figure(referee, tmp_path, capsys):
+def test_augmentation_study_command_writes_the_table_the_json_and_the_figure(referee, tmp_path, capsys):
     from PIL import Image
 
-    from jsr.deltastn.examples import seed_study
+    from jsr.deltastn.examples import augmentation_study
 
-    code = seed_study.main(
+    code = augmentation_study.main(
         ["--seeds", "0", "--steps", "4", "--trials", "1", "--referee", str(referee), "--out", str(tmp_path)]
         + ["--limit-images", "1"]
     )
     assert code == 0
-    summary = json.loads((tmp_path / "seed_study.json").read_text())
-    assert set(summary["table"]) == set(seed_study.ROWS)
+    summary = json.loads((tmp_path / "augmentation_study.json").read_text())
+    assert set(summary["table"]) == set(augmentation_study.ROWS)
     for row in summary["table"].values():
-        assert set(row) == set(seed_study.COLUMNS)
+        assert set(row) == set(augmentation_study.COLUMNS)
         assert 0 < row["lpips_alex"]["mean"] < 1 and 20 < row["psnr_y"]["mean"] < 40
-    table = (tmp_path / "seed_study.md").read_text()
-    assert table.count("\n| ") == len(seed_study.ROWS) and "Delta-STN" in table and "LPIPS-alex" in table
+    table = (tmp_path / "augmentation_study.md").read_text()
+    assert table.count("\n| ") == len(augmentation_study.ROWS) and "Delta-STN" in table and "LPIPS-alex" in table
     assert "random-search trials per seed: [1]" in table
     assert table in capsys.readouterr().out
-    with Image.open(tmp_path / "seed_study.png") as figure:
+    with Image.open(tmp_path / "augmentation_study.png") as figure:
         assert figure.size[1] > 9 * 150  # one panel per tuned magnitude

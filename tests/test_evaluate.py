@@ -86,7 +86,7 @@ def test_cli_reproduces_direct_metrics(photos, tmp_path):
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "VGG metrics (vgg22, vgg54, seed_vgg22, seed_vgg54) omitted" in result.stdout
+    assert "VGG metrics (vgg22, vgg54, study_vgg22, study_vgg54) omitted" in result.stdout
     assert "| model | MSE | PSNR-Y (dB) | PSNR-RGB (dB) | SSIM-Y | SSIM-RGB |" in result.stdout
 
     results = json.loads((out / "results.json").read_text())["models"]
@@ -142,8 +142,8 @@ def test_vgg_metrics_in_evaluate_equal_direct_computation(photos, tmp_path, caps
     for stem, hr in small.items():
         save_png(tmp_path / "hr" / f"{stem}.png", hr)
     argv = ["--dataset", f"folder:{tmp_path / 'hr'}", "--output", str(tmp_path / "out")]
-    assert evaluate.main([*argv, "--vgg", str(tmp_path / "vgg"), "--figures", "0", "--table", "seed"]) == 0
-    assert "| model | MSE | PSNR-Y (dB) | seed VGG22 | seed VGG54 |" in capsys.readouterr().out
+    assert evaluate.main([*argv, "--vgg", str(tmp_path / "vgg"), "--figures", "0", "--table", "study"]) == 0
+    assert "| model | MSE | PSNR-Y (dB) | study VGG22 | study VGG54 |" in capsys.readouterr().out
     results = json.loads((tmp_path / "out" / "results.json").read_text())["models"]["bicubic"]["per_image"]
 
     apply = jax.jit(lambda v, x: vgg.apply(v, x, taps=("relu2_2", "relu5_4")))
@@ -290,7 +290,7 @@ def test_pairs_and_tfds_specs(photos, tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(tfds, "data_source", fake_data_source)
     argv = ["--dataset", "tfds:pokemon/lanczos:validation[:3]", "--data_dir", str(tmp_path / "tfds")]
-    assert evaluate.main([*argv, "--output", str(tmp_path / "b"), "--table", "seed"]) == 0
+    assert evaluate.main([*argv, "--output", str(tmp_path / "b"), "--table", "study"]) == 0
     assert calls == [("pokemon/lanczos", "validation[:3]", str(tmp_path / "tfds"), False)]
     assert "| model | MSE | PSNR-Y (dB) |\n" in capsys.readouterr().out  # the seed table; without VGG, 2 columns
     got = json.loads((tmp_path / "b" / "results.json").read_text())["models"]["bicubic"]["per_image"]

@@ -275,6 +275,7 @@ def test_two_processes_equal_one_process(tmp_path, repo_root):
         "--config.eval_every_steps=3",
         "--config.optim.g.name=sgd",
         "--config.optim.g.learning_rate=0.05",
+        "--config.eval_max_images=3",  # validation sharded 2 + 1 over the processes
     ]
     single = train_cli(repo_root, tmp_path / "single", *steps)
     assert single.returncode == 0, single.stderr[-3000:]
@@ -301,3 +302,5 @@ def test_two_processes_equal_one_process(tmp_path, repo_root):
     losses = lambda w: [m["g_loss"] for m in read_metrics(w) if "g_loss" in m]  # noqa: E731
     np.testing.assert_allclose(losses(tmp_path / "multi"), losses(tmp_path / "single"), rtol=1e-5)
     assert_trees_close(final_params(tmp_path / "multi"), final_params(tmp_path / "single"), rtol=1e-5)
+    val = lambda w: [(m["val/psnr_y"], m["val/ssim_y"]) for m in read_metrics(w) if "val/psnr_y" in m]  # noqa: E731
+    np.testing.assert_allclose(val(tmp_path / "multi"), val(tmp_path / "single"), atol=1e-4)  # dB / SSIM

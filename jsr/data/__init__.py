@@ -12,7 +12,7 @@ What the trainer calls (``cfg`` is ``config.data``, see ``default_data_config`` 
                                    scale=cfg.scale, mode=cfg.augment.mode, fill=augment_fill(cfg.augment))
     # with params = augment_params(cfg.augment, per-step batch size) (per-example arrays a tuner may change).
 
-Importing ``jsr.data`` registers the TFDS builder ``pokemon``.
+The TFDS builder ``pokemon`` is registered where it is used (``sources.pokemon_source``, ``prepare``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jsr import images
-from jsr.data import augment, degrade, pipeline, pokemon, sources  # noqa: F401  (pokemon registers the TFDS builder)
+from jsr.config import default_augment_config, default_data_config
+from jsr.data import augment, degrade, pipeline, sources
 from jsr.data.augment import augment_batch, make_params, to_unit
 from jsr.data.pipeline import DeviceIterator
 
@@ -36,6 +37,7 @@ __all__ = [
     "augment_fill",
     "augment_params",
     "degradation",
+    "default_augment_config",
     "default_data_config",
     "make_eval_batches",
     "make_params",
@@ -48,57 +50,13 @@ SOURCES = ("samples", "pokemon", "div2k", "folder")
 log = logging.getLogger(__name__)
 
 
-def default_augment_config() -> ml_collections.ConfigDict:
-    """Augmentation off by default; ``jsr.data.augment.SEED_RECIPE`` holds the seed study's magnitudes."""
-    return ml_collections.ConfigDict(
-        {
-            "enabled": False,
-            "mode": "derive",  # 'derive': LR re-made from the warped HR on device | 'paired': warp both
-            "fill": "white",  # colour name, #rrggbb or 'r,g,b'
-            **{name: (0.0, 0.0) if name == "translate" else 0.0 for name in augment.PARAM_SHAPES},
-        }
-    )
-
-
-def default_data_config() -> ml_collections.ConfigDict:
-    """Every ``config.data`` field with its default."""
-    return ml_collections.ConfigDict(
-        {
-            "source": "samples",  # 'samples' | 'pokemon' | 'div2k' | 'folder'
-            "data_dir": "",  # TFDS data_dir ('' = ~/tensorflow_datasets)
-            "manual_dir": "",  # Pokemon PNGs for offline preparation (python -m jsr.data.prepare)
-            "folder": "",  # HR images (source 'folder')
-            "lr_folder": "",  # matching LR images by file stem ('' = LR by Pillow downscale of HR)
-            "val_folder": "",  # validation/test HR images ('' = hold out val_fraction of `folder`)
-            "val_lr_folder": "",
-            "val_fraction": 0.1,
-            "skip_bad_files": False,  # False: stop before training with the list of bad files; True: skip them
-            "max_image_pixels": images.MAX_PIXELS,  # larger folder images are bad files, refused before decoding
-            "scale": 4,
-            "patch_size": 24,  # LR training crop (HR = scale * patch); 0 = whole images
-            "eval_patch_size": 0,  # LR centre crop for evaluation; 0 = whole images
-            "downscale": "bicubic",  # host LR: Pillow 'bicubic' | 'lanczos' | ..., or 'matlab' (MATLAB imresize)
-            "background": "white",  # for transparent images in folders
-            "num_threads": 0,  # host decode/crop threads; 0 = min(8, CPU cores): extra threads lose to the GIL
-            "num_workers": 0,  # Grain worker processes (0 = threads only)
-            "prefetch": 4,  # host batches prepared ahead (at least num_threads, one per thread)
-            "device_prefetch": 2,  # batches already placed on the devices ahead
-            "augment": default_augment_config(),
-            # LR re-made on device from the (augmented) HR: blur (HR px) -> x scale bicubic -> noise (std, [0, 1])
-            "degrade": ml_collections.ConfigDict({"enabled": False, "blur_sigma": 0.0, "noise_sigma": 0.0}),
-        }
-    )
-
-
 def degradation(cfg: ml_collections.ConfigDict, tuned=()) -> dict | None:
     """{param: value} of the on-device degradation (``jsr.data.degrade``), or None when the pipeline's LR is used.
 
     A degradation parameter a tuner names in ``tuned`` turns it on (the tuner's values replace these)."""
-    deg = cfg.get("degrade", None)
-    enabled = bool(deg is not None and deg.get("enabled", False))
-    if not enabled and not set(tuned) & set(degrade.PARAMS):
+    if not cfg.degrade.enabled and not set(tuned) & set(degrade.PARAMS):
         return None
-    values = {name: float(deg.get(name, 0.0)) if deg is not None else 0.0 for name in degrade.PARAMS}
+    values = {name: float(cfg.degrade[name]) for name in degrade.PARAMS}
     for name, value in values.items():
         if value < 0:
             raise ValueError(f"config.data.degrade.{name} is {value}; it must be 0 or more")
@@ -107,22 +65,20 @@ def degradation(cfg: ml_collections.ConfigDict, tuned=()) -> dict | None:
 
 def _folder_split(cfg, split: str, min_lr: int):
     scale, skip = int(cfg.scale), bool(cfg.skip_bad_files)
-    limit = {"max_pixels": int(cfg.get("max_image_pixels") or images.MAX_PIXELS)}
-    if split != "train" and cfg.get("val_folder"):
-        records, bad = sources.scan_folder(
-            cfg.val_folder, cfg.get("val_lr_folder") or None, scale, min_lr, skip, **limit
-        )
+    limit = {"max_pixels": int(cfg.max_image_pixels or images.MAX_PIXELS)}
+    if split != "train" and cfg.val_folder:
+        records, bad = sources.scan_folder(cfg.val_folder, cfg.val_lr_folder or None, scale, min_lr, skip, **limit)
     else:
-        if not cfg.get("folder"):
+        if not cfg.folder:
             raise ValueError("config.data.source='folder' needs config.data.folder (a folder of HR images)")
-        records, bad = sources.scan_folder(cfg.folder, cfg.get("lr_folder") or None, scale, min_lr, skip, **limit)
-        if not cfg.get("val_folder"):
-            records = sources.holdout(records, split, float(cfg.get("val_fraction", 0.1)))
+        records, bad = sources.scan_folder(cfg.folder, cfg.lr_folder or None, scale, min_lr, skip, **limit)
+        if not cfg.val_folder:
+            records = sources.holdout(records, split, float(cfg.val_fraction))
             if not records:
                 raise ValueError(f"no {split} images: set config.data.val_folder or a val_fraction > 0")
     for path, reason in bad:
         log.warning("skipping %s: %s", path, reason)
-    background = images.parse_colour(cfg.get("background", "white"))
+    background = images.parse_colour(cfg.background)
     return sources.FolderSource(records, scale, cfg.downscale, background, **limit)
 
 
@@ -134,18 +90,20 @@ def make_source(cfg: ml_collections.ConfigDict, split: str = "train", patch_size
     """
     sources.check_split(split)
     if patch_size is None:
-        patch_size = int(cfg.patch_size if split == "train" else cfg.get("eval_patch_size", 0) or 0)
+        patch_size = int(cfg.patch_size if split == "train" else cfg.eval_patch_size or 0)
     kind, scale = cfg.source, int(cfg.scale)
     if kind == "samples":
         source = sources.samples_source(split, scale, cfg.downscale)
     elif kind == "pokemon":
+        from jsr.data import pokemon  # TFDS: imported only for this source
+
         if scale != pokemon.SCALE:
             raise ValueError(f"the pokemon data set is prepared at scale {pokemon.SCALE}; set config.data.scale=4")
-        source = sources.pokemon_source(split, cfg.get("data_dir") or None, cfg.downscale)
+        source = sources.pokemon_source(split, cfg.data_dir or None, cfg.downscale)
     elif kind == "div2k":
         if scale != 4:
             raise ValueError("div2k/bicubic_x4 is scale 4; set config.data.scale=4")
-        source = sources.div2k_source(split, cfg.get("data_dir") or None)
+        source = sources.div2k_source(split, cfg.data_dir or None)
     elif kind == "folder":
         return _folder_split(cfg, split, patch_size)
     else:
@@ -171,7 +129,7 @@ def check_source_fits(source, patch_size: int, scale: int) -> None:
 def host_threads(cfg: ml_collections.ConfigDict) -> int:
     """``cfg.num_threads``, or for 0 min(8, CPU cores): on 2 cores, 2 threads fed a free step at 151 batches/s of 64
     crops, 8 threads at 112 (benchmarks/trainer_loop.py)."""
-    return int(cfg.get("num_threads", 0)) or min(8, os.cpu_count() or 1)
+    return int(cfg.num_threads) or min(8, os.cpu_count() or 1)
 
 
 def make_train_iterator(
@@ -187,9 +145,9 @@ def make_train_iterator(
         patch_size=int(cfg.patch_size or 0),
         scale=int(cfg.scale),
         num_threads=host_threads(cfg),
-        prefetch_batches=int(cfg.get("prefetch", 4)),
-        num_workers=int(cfg.get("num_workers", 0)),
-        device_prefetch=int(cfg.get("device_prefetch", 2)),
+        prefetch_batches=int(cfg.prefetch),
+        num_workers=int(cfg.num_workers),
+        device_prefetch=int(cfg.device_prefetch),
     )
 
 
@@ -205,7 +163,7 @@ def make_eval_batches(
 
     Weight per-example metrics by ``mask``. A new generator each call (re-iterable per evaluation).
     """
-    patch = int(cfg.get("eval_patch_size", 0) or 0)
+    patch = int(cfg.eval_patch_size or 0)
     source = make_source(cfg, split, patch) if source is None else source
     return pipeline.eval_batches(
         source,
@@ -220,7 +178,7 @@ def make_eval_batches(
 
 def augment_params(aug_cfg: ml_collections.ConfigDict, batch_size: int) -> dict:
     """Per-example magnitude arrays from ``config.data.augment`` (all zero when ``enabled`` is False)."""
-    if not aug_cfg.get("enabled", False):
+    if not aug_cfg.enabled:
         return augment.zero_params(batch_size)
     values = {name: aug_cfg[name] for name in augment.PARAM_SHAPES if name in aug_cfg}
     return augment.make_params(batch_size, **values)
@@ -228,4 +186,4 @@ def augment_params(aug_cfg: ml_collections.ConfigDict, batch_size: int) -> dict:
 
 def augment_fill(aug_cfg: ml_collections.ConfigDict) -> np.ndarray:
     """The fill colour as float32 RGB in [0, 1] (the augmentation's units)."""
-    return np.asarray(images.parse_colour(str(aug_cfg.get("fill", "white"))), np.float32)
+    return np.asarray(images.parse_colour(str(aug_cfg.fill)), np.float32)

@@ -30,20 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.ndimage import map_coordinates
 
-PARAM_SHAPES = {
-    "rotation_deg": (),
-    "translate": (2,),
-    "scale": (),
-    "shear_deg": (),
-    "perspective_distortion": (),
-    "perspective_prob": (),
-    "grayscale_prob": (),
-    "hflip_prob": (),
-    "vflip_prob": (),
-    "transpose_prob": (),
-}
+from jsr.config import AUGMENT_PARAM_SHAPES
+
+PARAM_SHAPES = AUGMENT_PARAM_SHAPES  # the config fields of the magnitudes
 # The seed study's torchvision pipeline, in these units.
-SEED_RECIPE = {
+STUDY_RECIPE = {
     "rotation_deg": 180.0,
     "translate": (0.2, 0.2),
     "scale": 0.3,

@@ -1,7 +1,7 @@
 """Prepare a TFDS data set once, as ArrayRecord, so training reads it with ``tfds.data_source``.
 
-    python -m jsr.data.prepare --dataset=pokemon [--manual_dir=DIR] [--data_dir=DIR] [--downscale=lanczos]
-    python -m jsr.data.prepare --dataset=div2k [--data_dir=DIR]      # needs TensorFlow: pip install 'jsr[div2k]'
+    python -m jsr.data.prepare --dataset=pokemon [--manual-dir=DIR] [--data-dir=DIR] [--downscale=lanczos]
+    python -m jsr.data.prepare --dataset=div2k [--data-dir=DIR]      # needs TensorFlow: pip install 'jsr[div2k]'
 
 Pokemon needs no TensorFlow: it downloads the official artwork (internet) or reads ``*.png`` from ``--manual_dir``.
 """
@@ -60,10 +60,23 @@ def prepare_div2k(data_dir: str | None):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="jsr-prepare",
+        description=__doc__,
+        epilog="examples:\n  jsr-prepare --dataset=pokemon --manual-dir=artwork/\n  jsr-prepare --dataset=div2k",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--dataset", required=True, choices=DATASETS)
-    parser.add_argument("--data_dir", default=None, help="TFDS data_dir (default ~/tensorflow_datasets)")
-    parser.add_argument("--manual_dir", default=None, help="pokemon only: folder of {id}.png artwork (offline)")
+    parser.add_argument(
+        "--data-dir", "--data_dir", dest="data_dir", default=None, help="TFDS data_dir (default ~/tensorflow_datasets)"
+    )
+    parser.add_argument(
+        "--manual-dir",
+        "--manual_dir",
+        dest="manual_dir",
+        default=None,
+        help="pokemon only: folder of {id}.png artwork (offline)",
+    )
     parser.add_argument("--downscale", default="bicubic", choices=("bicubic", "lanczos"), help="pokemon LR filter")
     return parser.parse_args(argv)
 

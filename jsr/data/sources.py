@@ -312,7 +312,7 @@ def pokemon_source(split: str, data_dir: str | None = None, downscale: str = "bi
         raise FileNotFoundError(
             f"{name} is not prepared in {data_dir or '~/tensorflow_datasets'} ({type(e).__name__}: {e}). "
             f"Prepare it once: python -m jsr.data.prepare --dataset=pokemon --downscale={downscale} "
-            f"{'--data_dir=' + data_dir + ' ' if data_dir else ''}[--manual_dir=DIR_OF_PNGS]"
+            f"{'--data-dir=' + data_dir + ' ' if data_dir else ''}[--manual-dir=DIR_OF_PNGS]"
         ) from e
 
 
@@ -328,5 +328,5 @@ def div2k_source(split: str, data_dir: str | None = None) -> TfdsSource:
         raise FileNotFoundError(
             f"{DIV2K_NAME} is not prepared (as ArrayRecord) in {data_dir or '~/tensorflow_datasets'} "
             f"({type(e).__name__}: {e}). Preparing it needs TensorFlow: pip install 'jsr[div2k]', then "
-            f"python -m jsr.data.prepare --dataset=div2k{' --data_dir=' + data_dir if data_dir else ''}"
+            f"python -m jsr.data.prepare --dataset=div2k{' --data-dir=' + data_dir if data_dir else ''}"
         ) from e

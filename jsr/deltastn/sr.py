@@ -1,6 +1,7 @@
 """Delta-STN for super-resolution: tune augmentation magnitudes, weight decay and input noise while training.
 
-``config.deltastn.hypers`` maps names to ``(low, high, init)`` (``high`` None: positive, softplus). Names are the
+``config.deltastn.hypers`` (``RunSpec.deltastn``) maps names to ``(low, high, init)`` (``high`` None: positive,
+softplus). Names are the
 augmentation magnitudes of ``jsr.data.augment.PARAM_SHAPES`` (``translate`` is one fraction used for both axes),
 ``weight_decay`` (times the squared norm of every conv kernel, the response included), ``input_noise`` (std of
 Gaussian noise added to the LR input, in [-1, 1] units) and the degradations of ``jsr.data.degrade`` (``blur_sigma``
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 from jsr import archs
@@ -22,11 +22,12 @@ from jsr import data as jdata
 from jsr.data import degrade
 from jsr.deltastn.hyper import Hyper, HyperSpace
 from jsr.deltastn.steps import DeltaSTN
+from jsr.spec import DeltaSTNSpec, RunSpec
 
 LOSS_HYPERS = ("weight_decay", "input_noise")
 
 
-def hyper_space(cfg: ml_collections.ConfigDict) -> HyperSpace:
+def hyper_space(cfg: DeltaSTNSpec) -> HyperSpace:
     hypers = []
     for name, (low, high, init) in cfg.hypers.items():
         if name not in jdata.augment.PARAM_SHAPES and name not in LOSS_HYPERS and name not in degrade.PARAMS:
@@ -39,9 +40,9 @@ def hyper_space(cfg: ml_collections.ConfigDict) -> HyperSpace:
     return HyperSpace(hypers)
 
 
-def make_deltastn(config: ml_collections.ConfigDict, generator, general_optimizer) -> DeltaSTN:
+def make_deltastn(run: RunSpec, generator, general_optimizer) -> DeltaSTN:
     """The SR task as Delta-STN sees it: per-example losses of a ``Net`` (the generator, responded)."""
-    cfg, data_cfg = config.deltastn, config.data
+    cfg, data_cfg = run.deltastn, run.data
     space = hyper_space(cfg)
     augmented = [n for n in space.names if n in jdata.augment.PARAM_SHAPES]
     if augmented and not data_cfg.augment.enabled:
@@ -49,9 +50,8 @@ def make_deltastn(config: ml_collections.ConfigDict, generator, general_optimize
     fill = jnp.asarray(jdata.augment_fill(data_cfg.augment))
     scale = data_cfg.scale
     degraded = jdata.degradation(data_cfg, tuned=space.names)
-    trainable = tuple(config.optim.get("trainable", ()))
-    # as the standard method: a partly frozen generator keeps its BatchNorm statistics (the seed's fine-tuning)
-    bn_train = not (trainable and config.optim.get("freeze_frozen_batch_stats", True))
+    trainable = run.optim.trainable
+    bn_train = run.optim.generator_bn_train  # as the standard method: a partly frozen generator keeps its statistics
 
     model_range = archs.value_range(generator)
 

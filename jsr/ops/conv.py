@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jsr.ops import winograd
-from jsr.ops.layout import NHWC, explicit_padding, is_nhwc
+from jsr.ops.layout import NHWC, explicit_padding, plain_conv
 
 # ------------------------------------------------------------------------------------------------ weight gradients
 
@@ -377,16 +377,11 @@ def fast_conv(
         precision=precision,
         preferred_element_type=preferred_element_type,
     )
-    undilated = all(d == 1 for d in (lhs_dilation or ())) and all(d == 1 for d in (rhs_dilation or ()))
-    if (
-        weight_grad == "xla"
-        or not is_nhwc(dimension_numbers, jnp.ndim(lhs))
-        or not undilated
-        or feature_group_count != 1
-        or batch_group_count != 1
-        or preferred_element_type is not None
-        or jnp.result_type(lhs) != jnp.result_type(rhs)
-    ):
+    plain = plain_conv(
+        lhs, dimension_numbers, lhs_dilation, rhs_dilation, feature_group_count, batch_group_count,
+        preferred_element_type,
+    )  # fmt: skip
+    if weight_grad == "xla" or not plain or jnp.result_type(lhs) != jnp.result_type(rhs):
         return plain_call()
     strides = tuple(int(s) for s in window_strides)
     pads = explicit_padding(padding, jnp.shape(lhs), jnp.shape(rhs), strides)

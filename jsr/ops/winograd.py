@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jsr.ops.layout import explicit_padding, is_nhwc
+from jsr.ops.layout import explicit_padding, plain_conv
 
 TILE = 4  # output tile side m of F(m x m, 3 x 3)
 # Interpolation points 0, 1, -1, 2, -2, infinity (the well-conditioned choice for F(4, 3)).
@@ -163,13 +163,12 @@ def winograd_conv(*args, **kwargs):
     call.apply_defaults()
     a = call.arguments
     lhs, rhs, strides = a["lhs"], a["rhs"], a["window_strides"]
-    if (
-        is_nhwc(a["dimension_numbers"], jnp.ndim(lhs))
-        and all(d == 1 for d in (*(a["lhs_dilation"] or ()), *(a["rhs_dilation"] or ())))
-        and a["feature_group_count"] == a["batch_group_count"] == 1
-        and a["preferred_element_type"] is None
-        and applies(lhs, rhs, strides, explicit_padding(a["padding"], jnp.shape(lhs), jnp.shape(rhs), strides))
-    ):
+    plain = plain_conv(
+        lhs,
+        *(a[k] for k in ("dimension_numbers", "lhs_dilation", "rhs_dilation", "feature_group_count")),
+        *(a[k] for k in ("batch_group_count", "preferred_element_type")),
+    )
+    if plain and applies(lhs, rhs, strides, explicit_padding(a["padding"], jnp.shape(lhs), jnp.shape(rhs), strides)):
         return _winograd_conv3x3_jit(lhs, rhs, precision=a["precision"])
     return lax.conv_general_dilated(*args, **kwargs)
 

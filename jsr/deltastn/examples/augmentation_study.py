@@ -1,6 +1,6 @@
 """The seed study's comparison on real data and real weights, finished: does Delta-STN tune its augmentation?
 
-    python -m jsr.deltastn.examples.seed_study [--seeds 0 1 2] [--steps 200] [--referee ../shared/referee]
+    python -m jsr.deltastn.examples.augmentation_study [--seeds 0 1 2] [--steps 200] [--referee ../shared/referee]
         [--out benchmarks/results/seed-study]
 
 Generator: leftthomas/SRGAN's released x4 ``netG_epoch_4_100.pth`` (the SRGAN paper's layout), converted by
@@ -13,7 +13,7 @@ selected on Set14
 
 - ``without fine-tuning``: the released weights;
 - ``fine-tuned, no augmentation``;
-- ``fine-tuned, the seed's augmentation``: the seed's torchvision recipe (``jsr.data.augment.SEED_RECIPE``);
+- ``fine-tuned, the seed's augmentation``: the seed's torchvision recipe (``jsr.data.augment.STUDY_RECIPE``);
 - ``random search``: full-length runs with magnitudes drawn uniformly in the ranges Delta-STN searches, the best
   on Set14 PSNR-Y reported; as many as Delta-STN's measured wall time buys (its seconds / a plain run's, rounded;
   ``--trials`` fixes the number instead);
@@ -23,7 +23,7 @@ Columns: MSE ([0, 1] units, whole image), PSNR-Y and SSIM-Y (BT.601, border 4), 
 real ImageNet backbones: ``jsr.perceptual``), and MSEs of VGG16 relu2_2 / relu5_3 features, the VGG16 analogues
 of the seed's VGG22 / VGG54 (which used VGG19, not available offline). Mean +- sample std (ddof 1) over
 ``--seeds``; every metric through ``jsr.evaluate.MetricEvaluator`` (jsr-evaluate's, with ``--lpips``).
-Writes ``seed_study.json``, ``seed_study.md`` and ``seed_study.png`` (Delta-STN's trajectories) to ``--out``.
+Writes ``augmentation_study.json``, ``.md`` and ``.png`` (Delta-STN's trajectories) to ``--out``.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import numpy as np
 from jsr import archs, atomic, images, matlab_resize, perceptual
 from jsr.config import base_config
 from jsr.convert import convert_state_dict, read_state_dict
-from jsr.data.augment import SEED_RECIPE
+from jsr.data.augment import STUDY_RECIPE
 from jsr.deltastn import jit_steps
 from jsr.deltastn.examples.sr_degradation import general_only
 from jsr.deltastn.sr import make_deltastn
@@ -50,6 +50,7 @@ from jsr.errors import UserError, run_cli
 from jsr.evaluate import MetricEvaluator
 from jsr.figures import line_plots
 from jsr.optim import make_optimizer
+from jsr.spec import resolve
 
 SCALE = 4
 CHECKPOINT = Path("checkpoints/leftthomas_SRGAN/netG_epoch_4_100.pth")
@@ -67,7 +68,7 @@ TUNED = (
     "hflip_prob",
     "vflip_prob",
 )
-SEED_VALUES = {name: float(np.max(SEED_RECIPE[name])) for name in TUNED}  # translate: (0.2, 0.2) -> 0.2
+STUDY_VALUES = {name: float(np.max(STUDY_RECIPE[name])) for name in TUNED}  # translate: (0.2, 0.2) -> 0.2
 OFF = -200.0  # unconstrained value of "no augmentation": sigmoid(-200) is exactly 0 in float32 (every coin off)
 ROWS = ("without", "no_aug", "seed_aug", "random_search", "deltastn")
 TITLES = {
@@ -95,7 +96,7 @@ def study_config(steps: int, hyper_lr: float = 5e-2) -> ml_collections.ConfigDic
     c.data.augment.enabled = True
     c.data.augment.mode = "derive"
     c.data.augment.fill = "white"
-    for name, value in SEED_RECIPE.items():
+    for name, value in STUDY_RECIPE.items():
         c.data.augment[name] = value
     c.optim.trainable = TRAINABLE
     c.optim.g.learning_rate = 5e-4
@@ -105,7 +106,7 @@ def study_config(steps: int, hyper_lr: float = 5e-2) -> ml_collections.ConfigDic
     c.batch_size = BATCH
     c.deltastn.enabled = True
     # every magnitude starts at the seed's value, in the middle of its range: the widest exploration at the start
-    c.deltastn.hypers = {name: (0.0, 2.0 * value, value) for name, value in SEED_VALUES.items()}
+    c.deltastn.hypers = {name: (0.0, 2.0 * value, value) for name, value in STUDY_VALUES.items()}
     c.deltastn.warmup_steps = max(1, steps // 10)
     c.deltastn.weight_steps_per_hyper = 2
     c.deltastn.hyper_lr = hyper_lr
@@ -181,9 +182,9 @@ class Study:
         self.steps = steps
         self.data = load_data(referee, limit)
         self.generator, self.variables = load_generator(referee)
-        self.config = study_config(steps, hyper_lr)
-        optimizer = make_optimizer(self.config.optim.g, self.variables["params"], TRAINABLE)
-        self.stn = make_deltastn(self.config, self.generator, optimizer)
+        self.run = resolve(study_config(steps, hyper_lr))
+        optimizer = make_optimizer(self.run.optim.g, self.variables["params"], TRAINABLE)
+        self.stn = make_deltastn(self.run, self.generator, optimizer)
         self.compiled = jit_steps(self.stn)
         self.general = general_only(self.stn)  # fixed hyperparameters: the general step alone
         self.hypergradient = jax.jit(lambda state, batch: self.stn.hypergradient(state, batch))
@@ -246,7 +247,7 @@ class Study:
 
 def draw_trials(seed: int, trials: int) -> list[dict]:
     rng = np.random.default_rng(10_000 + seed)
-    return [{name: float(rng.uniform(0.0, 2.0 * v)) for name, v in SEED_VALUES.items()} for _ in range(trials)]
+    return [{name: float(rng.uniform(0.0, 2.0 * v)) for name, v in STUDY_VALUES.items()} for _ in range(trials)]
 
 
 def run_seed(study: Study, seed: int, trials: int, log) -> dict:
@@ -260,7 +261,7 @@ def run_seed(study: Study, seed: int, trials: int, log) -> dict:
 
     off = jnp.full((study.stn.space.size,), OFF)
     no_aug, _ = timed("no_aug", lambda: study.train(seed, u=off))
-    seed_aug, _ = timed("seed_aug", lambda: study.train(seed, u=study.u_of(SEED_VALUES)))
+    seed_aug, _ = timed("seed_aug", lambda: study.train(seed, u=study.u_of(STUDY_VALUES)))
     tuned, trajectory = timed("deltastn", lambda: study.train(seed, tune=True))
 
     def search():
@@ -307,7 +308,7 @@ def diagnose(referee: Path, seed: int, steps: int, hyper_lrs, log=print, limit=N
         study = Study(referee, steps, limit, hyper_lr)
         if not out["runs"]:
             off = jnp.full((study.stn.space.size,), OFF)
-            for name, u in (("no_aug", off), ("seed_aug", study.u_of(SEED_VALUES))):
+            for name, u in (("no_aug", off), ("seed_aug", study.u_of(STUDY_VALUES))):
                 state, _ = study.train(seed, u=u)
                 out[f"set14_psnr_y_{name}"] = study.psnr_y(study.variables_of(state), study.data["tune"])
                 log(f"{name}: Set14 PSNR-Y {out[f'set14_psnr_y_{name}']:.3f}")
@@ -373,7 +374,7 @@ def plot(per_seed: dict, path: Path) -> Path:
             xs += [r["step"] for r in rows] + [np.nan]
             ys += [r[name] for r in rows] + [np.nan]
         series[name] = (xs, ys)
-    lines = {name: [(value, f"seed recipe {value:g}")] for name, value in SEED_VALUES.items()}
+    lines = {name: [(value, f"seed recipe {value:g}")] for name, value in STUDY_VALUES.items()}
     return line_plots(series, path, title="Delta-STN on leftthomas SRGAN x4, CBSD68 -> Set14", lines=lines)
 
 
@@ -393,14 +394,14 @@ def run(referee: Path, seeds, steps: int, trials: int, out: Path | None, log=pri
         "batch": BATCH,
         "lr_patch": LR_PATCH,
         "seeds": list(seeds),
-        "hyper_ranges": {name: [0.0, 2.0 * v] for name, v in SEED_VALUES.items()},
+        "hyper_ranges": {name: [0.0, 2.0 * v] for name, v in STUDY_VALUES.items()},
         "seconds": time.perf_counter() - start,
     }
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(out / "seed_study.json", json.dumps(summary, indent=1))
-        atomic.write_text(out / "seed_study.md", markdown(summary))
-        plot(per_seed, out / "seed_study.png")
+        atomic.write_text(out / "augmentation_study.json", json.dumps(summary, indent=1))
+        atomic.write_text(out / "augmentation_study.md", markdown(summary))
+        plot(per_seed, out / "augmentation_study.png")
     return summary
 
 
@@ -420,7 +421,7 @@ def main(argv=None) -> int:
         default=None,
         metavar="HYPER_LR",
         help="instead of the table: why Delta-STN does (not) win, for the first --seeds seed at these hyper "
-        "learning rates (writes seed_study_diagnosis.json)",
+        "learning rates (writes augmentation_study_diagnosis.json)",
     )
     args = parser.parse_args(argv)
     if args.steps < 1 or args.trials < 0 or (args.limit_images is not None and args.limit_images < 1):
@@ -434,7 +435,7 @@ def main(argv=None) -> int:
             result = diagnose(args.referee, args.seeds[0], args.steps, args.diagnose, log, args.limit_images)
             if args.out is not None:
                 args.out.mkdir(parents=True, exist_ok=True)
-                atomic.write_text(args.out / "seed_study_diagnosis.json", json.dumps(result, indent=1))
+                atomic.write_text(args.out / "augmentation_study_diagnosis.json", json.dumps(result, indent=1))
             print(json.dumps(result, indent=1) if args.json else "", end="")
             return 0
         result = run(args.referee, args.seeds, args.steps, args.trials, args.out, log, args.limit_images)

@@ -1,0 +1,5 @@
+import sys
+
+from jsr.train.cli import main
+
+sys.exit(main())
