@@ -112,7 +112,7 @@ def base_config() -> ml_collections.ConfigDict:
     # frozen VGG19 in 'fast' and 'winograd' use Winograd F(4x4, 3x3) on CPU, ~1e-5): 'fast' = jsr.ops.conv's
     # weight gradients (faster CPU training; reverse mode only, so not Delta-STN), 'xla' = XLA's own, 'auto' = 'fast'
     # on CPU unless Delta-STN is on, 'xla' on GPU/TPU; 'winograd' (jsr.ops.winograd, equal to ~1e-5) is for CPU
-    # inference: training through it was slower (SRResNet fwd + bwd at batch 16 x 24: 879 vs 814 ms with 'fast')
+    # inference: training through it was slower than 'fast' (benchmarks/winograd.py)
     # arch: '' = the architecture of init_from (any registered one, with its own constructor arguments), or
     # srresnet built from n_feats / num_blocks / bicubic_skip when training from scratch
     # options: constructor arguments of another architecture trained from scratch (arch='rrdbnet', ...)

@@ -196,7 +196,7 @@ def open_dataset(
 
 
 @dataclass
-class Method:
+class EvaluatedMethod:
     """One row of the table: ``produce(stems, lrs, hr_sizes)`` -> SR images (uint8, or float in [0, 1])."""
 
     name: str
@@ -213,14 +213,14 @@ def parse_named(value: str, flag: str) -> tuple[str, str]:
     return name, path
 
 
-def baseline(method: str) -> Method:
+def baseline(method: str) -> EvaluatedMethod:
     def produce(stems, lrs, sizes):
         return [images.resize(lr, size, method) for lr, size in zip(lrs, sizes, strict=True)]
 
-    return Method(method, "baseline", produce)
+    return EvaluatedMethod(method, "baseline", produce)
 
 
-def model_method(name: str, directory: str, scale: int, mesh, quantise: bool = True) -> Method:
+def model_method(name: str, directory: str, scale: int, mesh, quantise: bool = True) -> EvaluatedMethod:
     """A generator's outputs; ``quantise``: rounded to uint8 on the device, as ``jsr-upscale`` saves them."""
     from jsr.checkpoints import ModelFileError, load_model
     from jsr.hub import resolve_weights
@@ -241,7 +241,7 @@ def model_method(name: str, directory: str, scale: int, mesh, quantise: bool = T
     def produce(stems, lrs, sizes):
         return upscaler.upscale_many([lr.astype(np.float32) / 255.0 for lr in lrs], out_dtype=out_dtype)
 
-    return Method(name, "model", produce, upscaler)
+    return EvaluatedMethod(name, "model", produce, upscaler)
 
 
 def _files_by_stem(folder: Path, flag: str) -> dict[str, Path]:
@@ -258,7 +258,7 @@ def sr_folder_method(
     sizes: Sequence[tuple[int, int]],
     max_pixels: int | None = None,
     truncated: bool = False,
-) -> Method:
+) -> EvaluatedMethod:
     """Precomputed outputs matched by stem; every data-set stem must have one, of the HR's size (checked now, from
     the headers: upright as read, refused over ``max_pixels`` like the data set's files). ``truncated``: the files
     were saved by truncation (``astype(uint8)``), so a stored v stands for [v, v + 1): each is scored as v + 0.5."""
@@ -296,10 +296,10 @@ def sr_folder_method(
         saved = [to_rgb_uint8(images.read_image(files[s], max_pixels), (1.0, 1.0, 1.0)) for s in stems_]
         return [(x.astype(np.float32) + 0.5) / 255.0 for x in saved] if truncated else saved
 
-    return Method(name, "sr", produce, quantise=not truncated)
+    return EvaluatedMethod(name, "sr", produce, quantise=not truncated)
 
 
-def load_vgg(directory: str | None):
+def load_metric_vgg(directory: str | None):
     """(module, variables) of converted VGG19 weights, or None (with a printed note) when none are given."""
     if directory is None:
         print(
@@ -621,11 +621,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _methods(args, dataset: Dataset, mesh) -> list[Method]:
-    methods: list[Method] = []
+def _methods(args, dataset: Dataset, mesh) -> list[EvaluatedMethod]:
+    methods: list[EvaluatedMethod] = []
     seen: set[str] = set()
 
-    def add(method: Method):
+    def add(method: EvaluatedMethod):
         if method.name in seen:
             raise EvaluationError(f"two methods are named {method.name!r}; give each --model/--sr a distinct NAME")
         seen.add(method.name)
@@ -674,7 +674,7 @@ def evaluate(args: argparse.Namespace) -> Run:
 
     mesh = parallel.make_mesh(jax.local_devices())
     methods = _methods(args, dataset, mesh)
-    vgg = load_vgg(args.vgg)
+    vgg = load_metric_vgg(args.vgg)
     lpips = [load_lpips(path) for path in args.lpips]
     nets = [lp.net for lp in lpips]
     if dataset.sizes is not None:

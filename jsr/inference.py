@@ -45,7 +45,7 @@ def valid_mask(bounds: jax.Array, height: int, width: int) -> jax.Array:
     return inside[..., None].astype(jnp.float32)
 
 
-def quantise(x: jax.Array) -> jax.Array:
+def device_to_uint8(x: jax.Array) -> jax.Array:
     """[0, 1] floats -> uint8, rounding to nearest (even on ties): ``jsr.images.to_uint8`` on the device."""
     return jnp.clip(jnp.rint(x * 255.0), 0, 255).astype(jnp.uint8)
 
@@ -63,8 +63,8 @@ class Upscaler:
       conv: the convolution path to run the generator with ('xla', 'fast', 'winograd'; the parameters are the
         same); 'auto' = 'winograd' for float32 on CPUs (3x3 convs by Winograd F(4x4, 3x3): ~0.6x the time of
         XLA's, outputs equal to ~1e-5), else the module's own.
-      tile_batch: tiles per call, a multiple of the device count (default: one per device; on an H200, 4 per call
-        made the 1024 -> 4096 image slower, 213 vs 157 ms: fewer calls leave less to overlap).
+      tile_batch: tiles per call, a multiple of the device count (default: one per device: more per call made a
+        GPU slower, fewer calls leaving less to overlap).
     """
 
     def __init__(
@@ -119,7 +119,7 @@ class Upscaler:
             sr = jnp.clip(archs.from_model_range(module, sr), 0.0, 1.0)
             if crop is not None:  # (start, size) of the square core every piece keeps
                 sr = sr[:, crop[0] : crop[0] + crop[1], crop[0] : crop[0] + crop[1]]
-            return quantise(sr) if as_uint8 else sr
+            return device_to_uint8(sr) if as_uint8 else sr
 
         self._run_jit = jax.jit(run, static_argnames=("crop", "as_uint8"))
 

@@ -185,14 +185,14 @@ def test_rejects_bad_arguments():
 
 @pytest.mark.parametrize("scale", [2, 4])
 def test_on_device_derive_downscale_is_matlab_up_to_its_rounding(scale):
-    """The augmentation's LR (``jsr.data.augment.downscale``, derive mode; unrounded floats) against MATLAB bicubic
-    of the same uint8 photo, on a whole photo and on a 64-pixel training crop: 0.25-0.28 grey levels apart on
+    """The augmentation's LR (``jsr.data.augment.device_downscale``, derive mode; unrounded floats) against MATLAB
+    bicubic of the same uint8 photo, on a whole photo and on a 64-pixel training crop: 0.25-0.28 grey levels apart on
     average, the 2-pixel edge no worse than the interior (jax alone renormalises the kernel there: 6.8 levels), and
     over one level only where MATLAB's rounding and clipping between its two passes bite (seen: <= 0.6% of values)."""
     import jax.numpy as jnp
     import skimage.data
 
-    from jsr.data.augment import downscale as derive
+    from jsr.data.augment import device_downscale as derive
 
     photo = mod_crop(skimage.data.astronaut()[::2, ::2], 4)  # 256 x 256, a real photograph
     for hr in (photo, photo[37:101, 80:144]):

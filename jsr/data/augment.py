@@ -185,7 +185,7 @@ def apply_draw(image: jax.Array, draw: dict, fill: jax.Array | float = 1.0) -> j
     return out
 
 
-def downscale(hr: jax.Array, scale: int) -> jax.Array:
+def device_downscale(hr: jax.Array, scale: int) -> jax.Array:
     """Antialiased bicubic downscale of an HWC image by ``scale``, clipped to [0, 1], unrounded: MATLAB's ``imresize``
     (the benchmark LR) but for its rounding between passes (tests/test_matlab_resize.py). jax's resize renormalises
     the kernel at the image edges where MATLAB mirrors the image (up to 6.8 grey levels apart there); padding
@@ -216,7 +216,7 @@ def augment_pair(
     draw = sample_draw(key, params)
     hr_out = apply_draw(hr, draw, fill)
     if mode == "derive":
-        return hr_out, downscale(hr_out, scale)
+        return hr_out, device_downscale(hr_out, scale)
     if mode == "paired":
         if lr is None:
             raise ValueError("mode 'paired' needs the LR images")

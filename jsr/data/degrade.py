@@ -6,7 +6,7 @@ pure JAX for the jitted step, every example with its own ``blur_sigma`` (HR pixe
 
     lr = degrade_batch(key, hr, {"blur_sigma": (B,), "noise_sigma": (B,)}, scale=4)
 
-A blur sigma of 0 and a noise sigma of 0 give ``augment.downscale(hr)`` exactly. The blur kernel is a truncated
+A blur sigma of 0 and a noise sigma of 0 give ``augment.device_downscale(hr)`` exactly. The blur kernel is a truncated
 Gaussian of radius ``BLUR_RADIUS`` (3 sigma of the largest sigma it is meant for), normalised to sum 1, applied
 separably with symmetric edges (scipy.ndimage's 'reflect').
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jsr.data.augment import downscale
+from jsr.data.augment import device_downscale
 
 PARAMS = ("blur_sigma", "noise_sigma")
 BLUR_RADIUS = 8  # 3 sigma of sigma 2.7 HR px; larger sigmas are truncated at this radius
@@ -44,7 +44,7 @@ def degrade(
     key: jax.Array, hr: jax.Array, blur_sigma: jax.Array | float, noise_sigma: jax.Array | float, scale: int
 ) -> jax.Array:
     """One HWC example: blur, bicubic downscale by ``scale``, add N(0, noise_sigma^2), clip to [0, 1]."""
-    lr = downscale(blur(hr, blur_sigma), scale)
+    lr = device_downscale(blur(hr, blur_sigma), scale)
     return jnp.clip(lr + noise_sigma * jax.random.normal(key, lr.shape, lr.dtype), 0.0, 1.0)
 
 

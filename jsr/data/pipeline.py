@@ -71,11 +71,9 @@ class EpochShuffle:
     """Global position -> record: each epoch visits every record once, in a fresh order drawn from (seed, epoch).
 
     Grain's ``MapDataset.shuffle`` would do this with a cycle-walking index shuffle whose cost per element grows as
-    the source shrinks (measured: 4.4 ms per element for 6 records, 39 us for 800, 4.6 us for 100,000); that alone
-    held the 6-photo quickstart to ~230 examples/s per core, 4x below an H200's step rate. One numpy permutation
-    per epoch is O(1) per element. Only the newest ``KEEP_EPOCHS`` orders are kept: a batch of a tiny source spans
-    many epochs (6 photos, batch 64: ~11), and redrawing a small permutation is cheaper than a large cache (keeping
-    2**16 / size epochs, rebuilt per new epoch, slowed the quickstart's loop from 111 to 60 steps/s over 600 steps).
+    the source shrinks, enough to starve a fast device on a small source (benchmarks/data_pipeline.py). One numpy
+    permutation per epoch is O(1) per element. Only the newest ``KEEP_EPOCHS`` orders are kept: a batch of a tiny
+    source spans many epochs, and redrawing a small permutation is cheaper than keeping a large cache of them.
     (A class: Grain worker processes pickle it.)
     """
 

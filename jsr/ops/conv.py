@@ -139,7 +139,7 @@ def weight_grad_chunks(x, dy, kernel_shape, strides, padding, precision=None, pi
     """XLA's weight gradient summed over batch chunks of at most ``pixels`` output pixels each.
 
     XLA's CPU weight-gradient convolution contracts over batch x output pixels; past ~10k of them it falls far
-    below the machine's matmul speed (6-15 GFLOP/s at 16 x 48 x 48 against ~80 at 16 x 24 x 24), so the sum is
+    below the machine's matmul speed (benchmarks/conv_grad.py), so the sum is
     split into chunks that stay in the fast regime. Images larger than ``tile`` are first cut into tiles.
     """
     x, dy, padding = _fold_tiles(x, dy, kernel_shape, strides, padding, tile)
@@ -186,11 +186,11 @@ def weight_grad_out_patches(x, dy, kernel_shape, strides, padding, precision=Non
 
 
 def weight_grad_auto(x, dy, kernel_shape, strides, padding, precision=None):
-    """The measured choice (benchmarks/conv_grad.py, jax 0.12 CPU): the patches of ``dy`` for stride-1 convs with
-    at most 8 output and at least 16 input channels (the 3-channel last conv: 4-5x XLA's); per kernel row for at
-    most 4 input channels, kernels up to 3x3, over more than 9216 batch x output pixels (the discriminator's RGB
-    conv at 96x96: 39-41 vs 17-18 GFLOP/s; SRResNet's 9x9 RGB conv at 24x24 stays with XLA's, 135 vs 67); batch
-    chunks of 2304 output pixels where XLA's weight gradient leaves its fast regime (more than 9216 batch x output
+    """The measured choice (benchmarks/conv_grad.py, jax CPU): the patches of ``dy`` for stride-1 convs with
+    at most 8 output and at least 16 input channels (the 3-channel last conv); per kernel row for at most 4 input
+    channels, kernels up to 3x3, over more than 9216 batch x output pixels (the discriminator's RGB conv at 96x96;
+    SRResNet's 9x9 RGB conv at 24x24 stays with XLA's, faster there); batch chunks of 2304 output pixels where XLA's
+    weight gradient leaves its fast regime (more than 9216 batch x output
     pixels, >= 16 channels in and out); XLA's own elsewhere (as fast or faster there)."""
     n, ho, wo, cout = dy.shape
     if tuple(strides) == (1, 1) and cout <= 8 and x.shape[-1] >= 16:
@@ -232,8 +232,8 @@ def input_grad_phases(dy, kernel, x_shape, strides, padding, precision=None):
     """The input gradient of a strided convolution as stride-1 convolutions, one per output phase.
 
     XLA's own dilates ``dy`` by the stride (zeros between pixels) and convolves with the whole kernel, which XLA
-    CPU runs outside its fast convolution path (the discriminator's 96x96 stride-2 conv: 45-100 ms vs 17 ms for
-    its forward). Input pixels of phase ``(a, b)`` (row % stride, col % stride) only meet the kernel taps of that
+    CPU runs outside its fast convolution path (the discriminator's stride-2 convs: several times their forward). Input
+    pixels of phase ``(a, b)`` (row % stride, col % stride) only meet the kernel taps of that
     phase, so each phase is a small dense stride-1 convolution of ``dy`` (together exactly the forward's FLOPs);
     the phases are then interleaved.
     """
@@ -317,14 +317,14 @@ def _custom_conv(
 def input_grad_kernel(kernel):
     """The kernel a stride-1 HWIO conv's input gradient convolves with: spatially flipped, in and out swapped.
 
-    XLA builds it inside every backward pass (VGG19's: 74 ms of transposes per perceptual-loss backward at batch
-    16 x 96 on 2 cores); for a frozen kernel it can be built once and passed to ``fast_conv``."""
+    XLA builds it inside every backward pass (VGG19's transposes are a visible share of a perceptual-loss
+    backward); for a frozen kernel it can be built once and passed to ``fast_conv``."""
     return jnp.swapaxes(lax.rev(kernel, (0, 1)), 2, 3)
 
 
 # Output pixels per image at or below which ``fast_conv`` is im2col + one matmul (differentiated by JAX) instead of
 # XLA's convolution: on CPU, XLA swaps the operands of a conv whose input is smaller than its kernel (VGG's 2x2 maps
-# at 32x32 input) and runs the result as a naive loop at ~2 GFLOP/s; its input gradient at 4x4 is 3-4x slow too.
+# at 32x32 input) and runs the result as a naive loop; its input gradient at 4x4 is slow too.
 SMALL_CONV_PIXELS = 16
 
 
@@ -396,8 +396,8 @@ def fast_conv(
                 "pass input_grad_kernel(kernel) of this conv's own kernel"
             )
         cache = (jnp.asarray(input_grad_kernel).astype(jnp.result_type(rhs)),)
-        # a frozen kernel's forward and input gradient by Winograd F(4x4, 3x3) where it applies (VGG19 forward +
-        # input gradient at batch 16 x 96: 1,272 -> 813 ms); trained kernels keep XLA's forward
+        # a frozen kernel's forward and input gradient by Winograd F(4x4, 3x3) where it applies (fewer
+        # multiplications for the perceptual loss's VGG19); trained kernels keep XLA's forward
         by_winograd = winograd.applies(lhs, rhs, strides, pads) and jax.default_backend() == "cpu"
         return _custom_conv(strides, pads, precision, weight_grad, by_winograd)(lhs, rhs, cache)
     return _custom_conv(strides, pads, precision, weight_grad, False)(lhs, rhs, ())

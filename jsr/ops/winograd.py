@@ -1,6 +1,6 @@
 """3x3 stride-1 convolutions by Winograd's minimal filtering F(4x4, 3x3) (Lavin & Gray, 2015): for CPU inference.
 
-XLA's CPU convolution already runs at this kind of CPU's FMA peak (~160 GFLOP/s on 2 EPYC cores), so only fewer
+XLA's CPU convolution already runs near the CPU's FMA peak (benchmarks/winograd.py), so only fewer
 multiplications can make SRResNet's inference faster. F(4x4, 3x3) computes each 4x4 output tile from a 6x6 input
 tile with 36 products per channel pair instead of 144: the transformed input (36 x tiles x Cin) times the
 transformed kernel (36 x Cin x Cout) is ONE batched matmul, with cheap elementwise transforms on either side.
@@ -55,8 +55,8 @@ G = np.array(
 A_T = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], np.float64)
 N_IN = B_T.shape[0]  # 6: input tile side
 BAND_FLOATS = 36 * 16384  # transformed outputs per band (~2.4 MB in float32): what stayed in cache best
-MIN_SIDE = 12  # smaller maps keep XLA's conv (VGG19 at batch 16 x 96: 12 -> 813 ms, 16 -> 902, 6 -> 870)
-MIN_CHANNELS = 16  # fewer input or output channels keep XLA's conv (64 -> 3 at 512x512: 105 vs 19 ms)
+MIN_SIDE = 12  # smaller maps keep XLA's conv (the fastest VGG19 threshold in benchmarks/winograd.py)
+MIN_CHANNELS = 16  # fewer input or output channels keep XLA's conv (faster there: the 64 -> 3 output conv)
 
 
 def _weighted_sum(coefficients, terms):

@@ -90,9 +90,9 @@ def parse_value(text: str, current):
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
-        if current is None:
-            return text
-        raise ValueError(f"not a {type(current).__name__} literal") from None
+        if current is not None and not isinstance(current, tuple | list):
+            raise ValueError(f"not a {type(current).__name__} literal") from None
+        value = text  # a bare word: one string
     if isinstance(current, tuple | list) and not isinstance(value, tuple | list):
         value = (value,)
     if isinstance(current, tuple) and isinstance(value, list):
