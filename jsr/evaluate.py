@@ -30,7 +30,6 @@ sharded over the local devices: one compile per canvas shape. Files are written 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import io
 import json
@@ -151,10 +150,9 @@ def _open_tfds(rest: str, spec: str, scale: int, data_dir: str | None) -> Datase
     name, sep, split = rest.partition(":")  # names hold no ':'; splits may ('validation[:10]')
     if not sep or not name or not split:
         raise EvaluationError(f"bad --dataset {spec!r}: {SPEC_HELP}")
-    import tensorflow_datasets as tfds
+    from jsr.data.sources import tfds_with_builders
 
-    with contextlib.suppress(ImportError):
-        import jsr.data  # noqa: F401  (registers the project's TFDS builders, e.g. pokemon)
+    tfds = tfds_with_builders()
     try:
         source = tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
     except Exception as e:  # tfds raises DatasetNotFoundError, AssertionError, ValueError, FileNotFoundError

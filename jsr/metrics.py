@@ -18,7 +18,7 @@ and with the seed's table:
 - These functions take floats as they are; ``quantise`` rounds to the uint8 grid first. The evaluation CLI
   quantises model outputs by default (what papers measure: saved PNGs); ``--no-quantise`` evaluates the floats.
 - "VGG22" / "VGG54" = MSE of VGG19 relu2_2 / relu5_4 features (after the ReLU, ImageNet-normalised inputs, over all
-  feature elements); the seed's "VGG22" / "VGG54" columns are ``seed_composite`` = pixel MSE + 0.006 * feature MSE.
+  feature elements); the seed's "VGG22" / "VGG54" columns are ``study_composite`` = pixel MSE + 0.006 * feature MSE.
 
 Padded batches: every function takes an optional ``valid`` (B, 2) int array, the true (height, width) of each image
 placed at the top-left of a zero-padded canvas; the result is then exactly the result on the unpadded image. This lets
@@ -163,7 +163,7 @@ def ssim(sr, hr, border: int = 0, on: str = "y", valid=None):
     return _masked_mean(s, region_mask(s.shape[1:3], valid, border, shrink=n))
 
 
-def seed_composite(pixel_mse, feature_mse):
+def study_composite(pixel_mse, feature_mse):
     """The seed's "VGG22" / "VGG54": pixel MSE + 0.006 * feature MSE."""
     return pixel_mse + SEED_FEATURE_WEIGHT * feature_mse
 
@@ -227,5 +227,5 @@ def all_metrics(sr, hr, border: int, valid=None, vgg=None) -> dict:
         feats = vgg_feature_mses(*vgg, sr, hr, tuple(VGG_TAPS.values()), valid)
         for name, tap in VGG_TAPS.items():
             out[name] = feats[tap]
-            out[f"seed_{name}"] = seed_composite(out["mse"], feats[tap])
+            out[f"study_{name}"] = study_composite(out["mse"], feats[tap])
     return out

@@ -158,7 +158,7 @@ def test_vgg_metrics_in_evaluate_equal_direct_computation(photos, tmp_path, caps
             want = np.mean((np.asarray(fs[tap], np.float64) - np.asarray(fh[tap], np.float64)) ** 2)
             assert want > 0
             assert results[stem][metric] == pytest.approx(want, rel=1e-4), (stem, metric)
-            assert results[stem][f"seed_{metric}"] == pytest.approx(pixel_mse + 0.006 * want, rel=1e-4)
+            assert results[stem][f"study_{metric}"] == pytest.approx(pixel_mse + 0.006 * want, rel=1e-4)
 
 
 def test_compiles_are_bounded_for_many_mixed_sizes(photos, tmp_path):

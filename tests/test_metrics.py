@@ -206,4 +206,4 @@ def test_vgg_metrics_equal_pytorch_reference(converted_vgg):
         assert float(got["vgg54"][k]) == pytest.approx(want["vgg54"], rel=1e-4)
         pixel_mse = np.mean((sr / 255.0 - hr / 255.0) ** 2)
         for name in ("vgg22", "vgg54"):
-            assert float(got[f"seed_{name}"][k]) == pytest.approx(pixel_mse + 0.006 * want[name], rel=1e-4)
+            assert float(got[f"study_{name}"][k]) == pytest.approx(pixel_mse + 0.006 * want[name], rel=1e-4)

@@ -19,10 +19,9 @@ DATASETS = ("pokemon", "div2k")
 
 
 def prepare_pokemon(data_dir: str | None, manual_dir: str | None, downscale: str = "bicubic"):
-    import tensorflow_datasets as tfds
+    from jsr.data.sources import tfds_with_builders
 
-    import jsr.data.pokemon  # noqa: F401  (registers the builder)
-
+    tfds = tfds_with_builders()
     if manual_dir:
         folder = Path(manual_dir)
         if not folder.is_dir() or not any(folder.glob("*.png")):

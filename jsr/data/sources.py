@@ -295,16 +295,22 @@ class TfdsSource:
         return {"hr": np.asarray(record["hr"], np.uint8), "lr": np.asarray(record["lr"], np.uint8), "id": str(ident)}
 
 
-def _tfds_split(name: str, split: str, data_dir: str | None):
+def tfds_with_builders():
+    """``tensorflow_datasets`` with this project's builders (pokemon) registered: the one place that registers them,
+    imported only when a TFDS data set is used."""
     import tensorflow_datasets as tfds
 
-    return tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
+    import jsr.data.pokemon  # noqa: F401  (registers the builder)
+
+    return tfds
+
+
+def _tfds_split(name: str, split: str, data_dir: str | None):
+    return tfds_with_builders().data_source(name, split=split, data_dir=data_dir or None, download=False)
 
 
 def pokemon_source(split: str, data_dir: str | None = None, downscale: str = "bicubic") -> TfdsSource:
     """The prepared ``pokemon/<downscale>`` TFDS data set (``python -m jsr.data.prepare --dataset=pokemon``)."""
-    import jsr.data.pokemon  # noqa: F401  (registers the builder)
-
     name = f"pokemon/{downscale}"
     try:
         return TfdsSource(_tfds_split(name, check_split(split), data_dir), name)
