@@ -61,8 +61,8 @@ class Upscaler:
       force_tiles: tile even images that fit one window (what an explicit ``--tile`` means).
       mesh: devices to spread tiles / images over (default: all local devices).
       conv: the convolution path to run the generator with ('xla', 'fast', 'winograd'; the parameters are the
-        same); 'auto' = 'winograd' for float32 on CPUs (3x3 convs by Winograd F(4x4, 3x3): ~0.6x the time of
-        XLA's, outputs equal to ~1e-5), else the module's own.
+        same); 'auto' = 'winograd' for float32 on CPUs where the architecture's ``cpu_winograd`` says it pays (3x3
+        convs by Winograd F(4x4, 3x3), outputs equal to ~1e-5), else the module's own.
       tile_batch: tiles per call, a multiple of the device count (default: one per device: more per call made a
         GPU slower, fewer calls leaving less to overlap).
     """
@@ -90,7 +90,8 @@ class Upscaler:
         self.mesh = mesh or parallel.make_mesh(jax.local_devices())
         if conv == "auto":
             on_cpu = self.mesh.devices.flat[0].platform == "cpu"
-            conv = "winograd" if on_cpu and jnp.dtype(module.dtype) == jnp.float32 else module.conv
+            pays = on_cpu and arch.cpu_winograd and jnp.dtype(module.dtype) == jnp.float32
+            conv = "winograd" if pays else module.conv
         if conv not in CONV_PATHS:
             raise ValueError(f"conv={conv!r}: choose 'auto' or one of {CONV_PATHS}")
         module = module.clone(conv=conv)

@@ -272,3 +272,17 @@ def test_read_image_modes_match_pillow(tmp_path):
     np.testing.assert_array_equal(np.rint(rgba.alpha * 255), alpha)
     white = composite(rgba.rgb, rgba.alpha, (1.0, 1.0, 1.0))
     assert np.all(white[alpha == 0] == 1.0)
+
+
+@pytest.mark.parametrize("arch, expected", [("srresnet", "winograd"), ("rrdbnet", "xla"), ("pan", "xla")])
+def test_auto_conv_on_cpu_follows_the_architectures_measured_preference(arch, expected):
+    """'auto' takes Winograd only where benchmarks/archs.py measured it faster than XLA's convs (cpu_winograd)."""
+    import jax
+
+    from jsr import archs
+
+    small = {"srresnet": {"n_feats": 16, "num_blocks": 1}, "rrdbnet": {"num_feat": 16, "num_block": 1}, "pan": {}}
+    module = archs.get(arch).build(small[arch])
+    variables = module.init(jax.random.PRNGKey(0), np.zeros((1, 8, 8, 3), np.float32))
+    assert archs.get(arch).cpu_winograd == (expected == "winograd")
+    assert Upscaler(module, variables, conv="auto").module.conv == expected

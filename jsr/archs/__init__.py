@@ -36,6 +36,8 @@ class Architecture:
     value_range: the range of the images the module takes and returns, (0, 1) or (-1, 1).
     colour: 'rgb', or 'y' for networks that see only the luma channel (chroma is then carried by bicubic).
     exact_tiling: purely local (convolutions and pointwise ops): tiles with enough overlap stitch exactly.
+    cpu_winograd: Winograd F(4x4, 3x3) beats XLA's convs for its float32 CPU inference (benchmarks/archs.py), so the
+      Upscaler's 'auto' uses it there.
     """
 
     name: str
@@ -47,6 +49,7 @@ class Architecture:
     value_range: tuple[float, float] = (0.0, 1.0)
     colour: str = "rgb"
     exact_tiling: bool = True
+    cpu_winograd: bool = True
 
     def build(self, config: dict[str, Any]):
         return self.module(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})

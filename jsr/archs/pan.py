@@ -208,5 +208,6 @@ ARCH = register(
         signature_keys=("conv_first.weight", "SCPA_trunk.0.conv1_a.weight", "upconv1.weight", "att1.conv.weight"),
         value_range=(0.0, 1.0),
         exact_tiling=True,
+        cpu_winograd=False,  # its 24- and 40-channel convs run faster by XLA (benchmarks/archs.py)
     )
 )

@@ -274,5 +274,6 @@ ARCH = register(
         value_range=(0.0, 1.0),
         colour="rgb",
         exact_tiling=True,
+        cpu_winograd=False,  # its 32-channel dense-block convs run faster by XLA (benchmarks/archs.py)
     )
 )

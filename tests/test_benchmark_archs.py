@@ -5,6 +5,8 @@ benchmarks/results/2026-12-01-cpu-rrdbnet.json."""
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,3 +52,28 @@ def test_rrdbnet_benchmark_quick_without_torch(tmp_path):
     saved = json.loads(out.read_text())
     assert saved["cases"].keys() == report["cases"].keys()
     check_report(bench, saved, with_torch=False)
+
+
+def test_every_rgb_generator_is_benchmarked_quick_without_torch(tmp_path):
+    """benchmarks/archs.py --quick: every registered RGB generator measured (jsr's two inference paths, the default
+    the Upscaler picks named), the others listed with a reason."""
+    from jsr import archs
+
+    out = tmp_path / "archs.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "archs.py"), "--quick", "--no-torch", "--cases", "infer_64"]
+    result = subprocess.run([*command, "--json", str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = json.loads(out.read_text())
+    # the built-in ones (a test module may have registered its own in this process)
+    generators = {
+        n for n, a in archs.REGISTRY.items() if a.role == "generator" and a.module.__module__.startswith("jsr.")
+    }
+    skipped = {s["arch"] for s in saved["skipped_archs"]}
+    assert {a for a in saved["archs"] if a in generators} | skipped == generators
+    assert {"vdsr", "fsrcnn"} <= skipped and "rrdbnet" in saved["archs"] and "srresnet" in saved["archs"]
+    for name, entry in saved["archs"].items():
+        case = entry["cases"]["infer_64"]
+        assert set(case["variants"]) == {"jsr_xla", "jsr_winograd"}, name
+        assert all(v["median_s"] > 0 for v in case["variants"].values())
+        registered = archs.get(name if name in archs.REGISTRY else entry["network"]["arch"])
+        assert case["jsr_default"] == ("jsr_winograd" if registered.cpu_winograd else "jsr_xla"), name
