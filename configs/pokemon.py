@@ -14,8 +14,7 @@ watched validation VGG54; PSNR-Y needs no VGG pass at validation time).
 `configs/pokemon.py:tiny` is the same recipe shrunk for tests (random init, small crops, a few steps).
 """
 
-from jsr.config import base_config, shrink
-from jsr.data.augment import STUDY_RECIPE
+from jsr.config import STUDY_RECIPE, base_config, shrink
 
 TRAIN_IMAGES = 485  # ids 1..809, 60% by id
 BATCH = 24

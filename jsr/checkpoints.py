@@ -166,6 +166,11 @@ def _read_variables(directory: Path, description: dict[str, Any]) -> dict:
         if step is None:
             raise ModelFileError(f"training workdir {directory} has no checkpoint yet")
         where = directory / TRAIN_CHECKPOINTS / str(step) / GENERATOR_ITEM
+        if not where.is_dir() and (where.parent / "state").is_dir():
+            raise ModelFileError(
+                f"{where.parent} was written by an older jsr, whose checkpoints do not export the generator: load "
+                f"its best/ model directory instead ({directory / 'best'}), or train it again"
+            )
         redo = "this checkpoint is damaged: move it away to load the previous one, or export the model again"
     else:
         raise ModelFileError(f"{directory} has neither {VARIABLES_DIR}/ nor {TRAIN_CHECKPOINTS}/")

@@ -27,10 +27,23 @@ AUGMENT_PARAM_SHAPES = {
     "vflip_prob": (),
     "transpose_prob": (),
 }
+# The original study's torchvision augmentation pipeline, in those units.
+STUDY_RECIPE = {
+    "rotation_deg": 180.0,
+    "translate": (0.2, 0.2),
+    "scale": 0.3,
+    "shear_deg": 40.0,
+    "perspective_distortion": 0.5,
+    "perspective_prob": 0.5,
+    "grayscale_prob": 0.1,
+    "hflip_prob": 0.5,
+    "vflip_prob": 0.5,
+    "transpose_prob": 0.0,
+}
 
 
 def default_augment_config() -> ml_collections.ConfigDict:
-    """Augmentation off by default; ``jsr.data.augment.STUDY_RECIPE`` holds the seed study's magnitudes."""
+    """Augmentation off by default; ``STUDY_RECIPE`` holds the original study's magnitudes."""
     return ml_collections.ConfigDict(
         {
             "enabled": False,

@@ -170,6 +170,16 @@ def _fields(cls, section: ml_collections.ConfigDict, **resolved):
 
 def resolve(config: ml_collections.ConfigDict) -> RunSpec:
     """The run ``config`` describes, checked; a TrainingError names the first bad field."""
+    try:
+        return _resolve(config)
+    except (KeyError, AttributeError) as e:  # a config not built on base_config
+        missing = str(e.args[0] if e.args else e).splitlines()[0]
+        raise TrainingError(
+            f"the config has no field {missing}: start it from jsr.config.base_config(), which has every field"
+        ) from e
+
+
+def _resolve(config: ml_collections.ConfigDict) -> RunSpec:
     if config.stage not in STAGES:
         raise TrainingError(f"config.stage {config.stage!r}: choose from {STAGES}")
     for name in POSITIVE:

@@ -312,10 +312,9 @@ def test_pairs_and_tfds_specs(photos, tmp_path, monkeypatch, capsys):
 
 def test_tfds_pokemon_validation_split_end_to_end(tmp_path, capsys):
     """The project's pokemon builder prepared from synthetic RGBA 'artwork', then tfds:pokemon/lanczos:validation."""
-    import tensorflow_datasets as tfds
+    from jsr.data.sources import tfds_with_builders
 
-    import jsr.data  # noqa: F401  (registers the builder)
-
+    tfds = tfds_with_builders()
     source = data.astronaut()
     for i in range(1, 11):
         rgba = np.dstack([source[20 * i : 20 * i + 300, 10 * i : 10 * i + 300], np.full((300, 300), 255, np.uint8)])

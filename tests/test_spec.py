@@ -80,7 +80,7 @@ def test_overrides_take_the_type_of_the_field(config):
         ("--config.optim.g.nam=sgd", "did you mean --config.optim.g.name?"),
         ("--config.batch_size=twelve", "--config.batch_size=twelve: not a int literal"),
         ("--config.data.augment.enabled=maybe", "expected True or False"),
-        ("--config.optim=adam", "--config.optim is a section"),
+        ("--config.optim=adam", "--config.optim=adam: a section takes a dict literal"),
         ("--config.batch_size", "expected --config.FIELD=VALUE"),
     ],
 )
@@ -88,3 +88,37 @@ def test_bad_overrides_are_one_sentence(config, argument, needle):
     with pytest.raises(OverrideError) as raised:
         apply_override(config, argument)
     assert needle in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_a_section_takes_a_dict_and_the_space_and_bare_forms_work(config):
+    from jsr.train.cli import override_arguments
+
+    rest, overrides = override_arguments(
+        ["--workdir=w", "--config.model.options", "{'num_block': 6}", "--config.data.augment.enabled", "--x"]
+    )
+    assert rest == ["--workdir=w", "--x"]
+    assert overrides == ["--config.model.options={'num_block': 6}", "--config.data.augment.enabled=True"]
+    for override in overrides:
+        apply_override(config, override)
+    apply_override(config, "--config.data.skip_bad_files=t")
+    assert config.model.options.to_dict() == {"num_block": 6} and config.data.augment.enabled
+    assert config.data.skip_bad_files is True
+    with pytest.raises(OverrideError, match="quote each element"):
+        apply_override(config, "--config.optim.trainable=^tail,^last_conv")
+    with pytest.raises(OverrideError, match="a section takes a dict literal"):
+        apply_override(config, "--config.model.options=6")
+
+
+def test_a_config_missing_a_field_is_one_sentence(config):
+    config.unlock()
+    del config.loss["tv"]
+    with pytest.raises(TrainingError, match="the config has no field 'tv': start it from jsr.config.base_config"):
+        resolve(config)
+
+
+def test_a_resolved_spec_cannot_start_a_distributed_run(config, tmp_path):
+    from jsr.train import train_and_evaluate
+
+    config.distributed.enabled = True
+    with pytest.raises(TrainingError, match="needs the config itself, not its RunSpec"):
+        train_and_evaluate(resolve(config), tmp_path / "run")

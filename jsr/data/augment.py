@@ -30,22 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.ndimage import map_coordinates
 
-from jsr.config import AUGMENT_PARAM_SHAPES
+from jsr.config import AUGMENT_PARAM_SHAPES, STUDY_RECIPE  # noqa: F401  (STUDY_RECIPE: read here by its users)
 
 PARAM_SHAPES = AUGMENT_PARAM_SHAPES  # the config fields of the magnitudes
-# The seed study's torchvision pipeline, in these units.
-STUDY_RECIPE = {
-    "rotation_deg": 180.0,
-    "translate": (0.2, 0.2),
-    "scale": 0.3,
-    "shear_deg": 40.0,
-    "perspective_distortion": 0.5,
-    "perspective_prob": 0.5,
-    "grayscale_prob": 0.1,
-    "hflip_prob": 0.5,
-    "vflip_prob": 0.5,
-    "transpose_prob": 0.0,
-}
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision rgb_to_grayscale (ITU-R 601-2)
 MODES = ("derive", "paired")
 

@@ -3,7 +3,7 @@
     python -m jsr.data.prepare --dataset=pokemon [--manual-dir=DIR] [--data-dir=DIR] [--downscale=lanczos]
     python -m jsr.data.prepare --dataset=div2k [--data-dir=DIR]      # needs TensorFlow: pip install 'jsr[div2k]'
 
-Pokemon needs no TensorFlow: it downloads the official artwork (internet) or reads ``*.png`` from ``--manual_dir``.
+Pokemon needs no TensorFlow: it downloads the official artwork (internet) or reads ``*.png`` from ``--manual-dir``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def prepare_pokemon(data_dir: str | None, manual_dir: str | None, downscale: str
     if manual_dir:
         folder = Path(manual_dir)
         if not folder.is_dir() or not any(folder.glob("*.png")):
-            raise UserError(f"--manual_dir {folder} holds no *.png files (expected {{id}}.png artwork)")
+            raise UserError(f"--manual-dir {folder} holds no *.png files (expected {{id}}.png artwork)")
     builder = tfds.builder(f"pokemon/{downscale}", data_dir=data_dir or None)
     config = tfds.download.DownloadConfig(manual_dir=manual_dir or None)
     builder.download_and_prepare(download_config=config)

@@ -1,15 +1,13 @@
 """Delta-STN for super-resolution: tune augmentation magnitudes, weight decay and input noise while training.
 
 ``config.deltastn.hypers`` (``RunSpec.deltastn``) maps names to ``(low, high, init)`` (``high`` None: positive,
-softplus). Names are the
-augmentation magnitudes of ``jsr.data.augment.PARAM_SHAPES`` (``translate`` is one fraction used for both axes),
-``weight_decay`` (times the squared norm of every conv kernel, the response included), ``input_noise`` (std of
-Gaussian noise added to the LR input, in [-1, 1] units) and the degradations of ``jsr.data.degrade`` (``blur_sigma``
-of the HR, ``noise_sigma`` on the LR: the LR is then re-made from the (augmented) HR on device, the untuned one at
-``config.data.degrade``'s value). Each example gets its own perturbed values in the response
-step; validation batches are never augmented, so the hypergradient flows through the learned response only.
-Objective: validation pixel MSE (the PSNR objective).
-"""
+softplus). Names are the augmentation magnitudes of ``jsr.data.augment.PARAM_SHAPES`` (``translate`` is one fraction
+used for both axes), ``weight_decay`` (times the squared norm of every conv kernel, the response included),
+``input_noise`` (std of Gaussian noise added to the LR input, in [-1, 1] units) and the degradations of
+``jsr.data.degrade`` (``blur_sigma`` of the HR, ``noise_sigma`` on the LR: the LR is then re-made from the (augmented)
+HR on device, the untuned one at ``config.data.degrade``'s value). Each example gets its own perturbed values in the
+response step; validation batches are never augmented, so the hypergradient flows through the learned response only.
+Objective: validation pixel MSE (the PSNR objective)."""
 
 from __future__ import annotations
 

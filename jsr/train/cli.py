@@ -56,8 +56,29 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     return config
 
 
+def override_arguments(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(the other arguments, the overrides as ``--config.FIELD=VALUE``): ``--config.FIELD VALUE`` is joined, and a
+    bare ``--config.FIELD`` stands for ``=True``."""
+    rest, overrides, i = [], [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith(OVERRIDE) and "=" not in arg:
+            if i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                overrides.append(f"{arg}={argv[i + 1]}")
+                i += 1
+            else:
+                overrides.append(f"{arg}=True")
+        elif arg.startswith(OVERRIDE):
+            overrides.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, overrides
+
+
 def apply_override(config: ml_collections.ConfigDict, argument: str) -> None:
-    """``--config.a.b=VALUE``: VALUE read as the field's type (strings as given, the rest as Python literals)."""
+    """``--config.a.b=VALUE``: VALUE read as the field's type (strings as given, the rest as Python literals; a
+    section takes a dict literal)."""
     dotted, sep, text = argument[len(OVERRIDE) :].partition("=")
     if not sep:
         raise OverrideError(f"{argument}: expected {OVERRIDE}FIELD=VALUE")
@@ -71,8 +92,6 @@ def apply_override(config: ml_collections.ConfigDict, argument: str) -> None:
         if depth < len(names) - 1:
             node = node[name]
     current = node[names[-1]]
-    if isinstance(current, ml_collections.ConfigDict):
-        raise OverrideError(f"{OVERRIDE}{dotted} is a section; set its fields ({', '.join(current.keys())})")
     try:
         node[names[-1]] = parse_value(text, current)
     except (TypeError, ValueError) as e:
@@ -83,16 +102,24 @@ def parse_value(text: str, current):
     if isinstance(current, str):
         return text
     if isinstance(current, bool):
-        words = {"true": True, "1": True, "false": False, "0": False}
+        words = {"true": True, "t": True, "1": True, "false": False, "f": False, "0": False}
         if text.lower() not in words:
             raise ValueError("expected True or False")
         return words[text.lower()]
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
+        if isinstance(current, ml_collections.ConfigDict):
+            raise ValueError(f"a section takes a dict literal, e.g. \"{{'key': 1}}\" (keys: {list(current)})") from None
         if current is not None and not isinstance(current, tuple | list):
             raise ValueError(f"not a {type(current).__name__} literal") from None
+        if "," in text:
+            raise ValueError("quote each element of a tuple, e.g. \"('a', 'b')\"") from None
         value = text  # a bare word: one string
+    if isinstance(current, ml_collections.ConfigDict):
+        if not isinstance(value, dict):
+            raise ValueError("a section takes a dict literal")
+        return ml_collections.ConfigDict(value)
     if isinstance(current, tuple | list) and not isinstance(value, tuple | list):
         value = (value,)
     if isinstance(current, tuple) and isinstance(value, list):
@@ -101,10 +128,9 @@ def parse_value(text: str, current):
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    overrides = [a for a in argv if a.startswith(OVERRIDE)]
+    rest, overrides = override_arguments(sys.argv[1:] if argv is None else argv)
     try:
-        args = parser().parse_args([a for a in argv if not a.startswith(OVERRIDE)])
+        args = parser().parse_args(rest)
     except SystemExit as e:  # argparse printed the usage and the one-line reason (or --help)
         return int(e.code or 0) and USAGE
     try:

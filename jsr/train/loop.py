@@ -29,7 +29,12 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, float]:
     """Train (or resume) ``config`` (a ConfigDict or its RunSpec) in ``workdir``; returns the final validation
     metrics."""
     workdir = Path(workdir).absolute()
-    d = config.distributed if isinstance(config, RunSpec) else distributed_spec(config)
+    if isinstance(config, RunSpec) and config.distributed.enabled:
+        raise TrainingError(
+            "a jax.distributed run needs the config itself, not its RunSpec: resolving it started JAX, and "
+            "jax.distributed.initialize must come first"
+        )
+    d = distributed_spec(config) if not isinstance(config, RunSpec) else config.distributed
     if d.enabled:
         parallel.initialize_distributed(d.coordinator_address, d.num_processes, d.process_id)
     run = as_spec(config)
