@@ -53,18 +53,24 @@ def targets(num_feat: int, scale: int, **_) -> dict:
     )
 
 
-ARCH = archs.register(
-    archs.Architecture(
-        name=NAME,
-        module=ToyNet,
-        role="generator",
-        detect=detect,
-        to_flax=from_targets(targets),
-        signature_keys=("toy.head.weight", "toy.tail.weight"),
-        value_range=(0.0, 1.0),
-        exact_tiling=True,
-    )
+ARCH = archs.Architecture(
+    name=NAME,
+    module=ToyNet,
+    role="generator",
+    detect=detect,
+    to_flax=from_targets(targets),
+    signature_keys=("toy.head.weight", "toy.tail.weight"),
+    value_range=(0.0, 1.0),
+    exact_tiling=True,
 )
+
+
+@pytest.fixture
+def registered():
+    """The toy in the registry for this test only (other tests, e.g. the benchmark's coverage check, never see it)."""
+    archs.register(ARCH)
+    yield ARCH
+    archs.REGISTRY.pop(NAME)
 
 
 def torch_twin(num_feat: int, scale: int):
@@ -88,7 +94,7 @@ def torch_twin(num_feat: int, scale: int):
 
 
 @pytest.mark.torch
-def test_a_toy_architecture_from_a_test_module_goes_through_every_cli(repo_root, tmp_path):
+def test_a_toy_architecture_from_a_test_module_goes_through_every_cli(registered, repo_root, tmp_path):
     import torch
 
     from jsr.convert import main as convert
