@@ -117,6 +117,29 @@ DIV2K_MEAN = (0.4488, 0.4371, 0.4040)  # jsr.archs.edsr.DIV2K_MEAN (detect's rea
 
 # benchmark name -> the registered architecture, the released model its size is, jsr's constructor arguments (the
 # converter's config), --quick's overrides, the PyTorch definition (module in tests/, class) and its arguments
+EDSR_BASELINE = dict(
+    num_in_ch=3,
+    num_out_ch=3,
+    num_feat=64,
+    num_block=16,
+    scale=4,
+    res_scale=1.0,
+    img_range=255.0,
+    rgb_mean=DIV2K_MEAN,
+    layout="basicsr",
+)
+
+
+def edsr_torch_kwargs(c: dict) -> dict:
+    """BasicSR EDSR's constructor arguments for a jsr edsr config."""
+    keys = ("num_in_ch", "num_out_ch", "num_feat", "num_block", "res_scale")
+    return {k: c[k] for k in keys} | {
+        "upscale": c["scale"],
+        "img_range": c["img_range"],
+        "rgb_mean": tuple(c["rgb_mean"]),
+    }
+
+
 BENCHES = {
     "rrdbnet": {
         "arch": "rrdbnet",
@@ -134,45 +157,19 @@ BENCHES = {
     "edsr": {
         "arch": "edsr",
         "released": "EDSR_Mx4 (BasicSR): EDSR x4 baseline, 16 blocks x 64 features, res_scale 1",
-        "config": dict(
-            num_in_ch=3,
-            num_out_ch=3,
-            num_feat=64,
-            num_block=16,
-            scale=4,
-            res_scale=1.0,
-            img_range=255.0,
-            rgb_mean=DIV2K_MEAN,
-            layout="basicsr",
-        ),
+        "config": EDSR_BASELINE,
         "quick": dict(num_feat=8, num_block=1),
         "torch": ("torch_archs_rrdb_edsr", "EDSR"),
-        "torch_kwargs": lambda c: (
-            {k: c[k] for k in ("num_in_ch", "num_out_ch", "num_feat", "num_block", "res_scale")}
-            | {"upscale": c["scale"], "img_range": c["img_range"], "rgb_mean": tuple(c["rgb_mean"])}
-        ),
+        "torch_kwargs": edsr_torch_kwargs,
     },
     "edsr_full": {
         "arch": "edsr",
         "released": "EDSR_Lx4 (BasicSR): EDSR x4, 32 blocks x 256 features, res_scale 0.1",
-        "config": dict(
-            num_in_ch=3,
-            num_out_ch=3,
-            num_feat=256,
-            num_block=32,
-            scale=4,
-            res_scale=0.1,
-            img_range=255.0,
-            rgb_mean=DIV2K_MEAN,
-            layout="basicsr",
-        ),
+        "config": EDSR_BASELINE | dict(num_feat=256, num_block=32, res_scale=0.1),
         # 256 features is what makes detect's released rule give res_scale 0.1: --quick keeps the width, one block
         "quick": dict(num_block=1),
         "torch": ("torch_archs_rrdb_edsr", "EDSR"),
-        "torch_kwargs": lambda c: (
-            {k: c[k] for k in ("num_in_ch", "num_out_ch", "num_feat", "num_block", "res_scale")}
-            | {"upscale": c["scale"], "img_range": c["img_range"], "rgb_mean": tuple(c["rgb_mean"])}
-        ),
+        "torch_kwargs": edsr_torch_kwargs,
         "optional": True,
     },
     "pan": {
