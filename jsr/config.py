@@ -123,9 +123,10 @@ def base_config() -> ml_collections.ConfigDict:
     )
     # conv: how the convolutions are computed, not what (same outputs and gradients to float rounding, tested; the
     # frozen VGG19 in 'fast' and 'winograd' use Winograd F(4x4, 3x3) on CPU, ~1e-5): 'fast' = jsr.ops.conv's
-    # weight gradients (faster CPU training; reverse mode only, so not Delta-STN), 'xla' = XLA's own, 'auto' = 'fast'
-    # on CPU unless Delta-STN is on, 'xla' on GPU/TPU; 'winograd' (jsr.ops.winograd, equal to ~1e-5) is for CPU
-    # inference: training through it was slower than 'fast' (benchmarks/winograd.py)
+    # weight gradients (reverse mode only, so not Delta-STN), 'winograd' = 'fast' with the float32 3x3 convs'
+    # forward, input and kernel gradients by Winograd F(4x4, 3x3) (jsr.ops.winograd, equal to ~1e-5; fastest CPU
+    # training), 'xla' = XLA's own; 'auto' = 'winograd' on CPU ('fast' for architectures whose cpu_winograd is off)
+    # unless Delta-STN is on, 'xla' on GPU/TPU
     # arch: '' = the architecture of init_from (any registered one, with its own constructor arguments), or
     # srresnet built from n_feats / num_blocks / bicubic_skip when training from scratch
     # options: constructor arguments of another architecture trained from scratch (arch='rrdbnet', ...)

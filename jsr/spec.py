@@ -269,10 +269,14 @@ def _model(config: ml_collections.ConfigDict, forward_mode: bool) -> ModelSpec:
             f"config.model.scale={config.model.scale} differs from config.data.scale={config.data.scale}; "
             "set them equal"
         )
-    try:
-        conv = resolve_conv(config.model.conv, jax.default_backend(), forward_mode)
-    except ValueError as e:
-        raise TrainingError(f"config.model.{e}") from e
+
+    def conv(arch_name: str) -> str:
+        pays = archs.get(arch_name).cpu_winograd
+        try:
+            return resolve_conv(config.model.conv, jax.default_backend(), forward_mode, winograd_pays=pays)
+        except ValueError as e:
+            raise TrainingError(f"config.model.{e}") from e
+
     arch, scale = config.model.arch, config.data.scale
     if config.init_from and not arch:
         try:
@@ -285,12 +289,12 @@ def _model(config: ml_collections.ConfigDict, forward_mode: bool) -> ModelSpec:
             raise TrainingError(
                 f"config.init_from is a x{options['scale']} {name}, but config.data.scale is {scale}; set them equal"
             )
-        return ModelSpec(name, options, config.compute_dtype, conv)
+        return ModelSpec(name, options, config.compute_dtype, conv(name))
     if arch not in ("", "srresnet"):
         if arch not in archs.REGISTRY or archs.get(arch).role != "generator":
             known = sorted(name for name, a in archs.REGISTRY.items() if a.role == "generator")
             raise TrainingError(f"config.model.arch={arch!r}: not a registered generator; choose from {known}")
-        return ModelSpec(arch, {**config.model.options.to_dict(), "scale": scale}, config.compute_dtype, conv)
+        return ModelSpec(arch, {**config.model.options.to_dict(), "scale": scale}, config.compute_dtype, conv(arch))
     m = config.model
     options = {
         "n_feats": m.n_feats,
@@ -299,7 +303,7 @@ def _model(config: ml_collections.ConfigDict, forward_mode: bool) -> ModelSpec:
         "channels": 3,
         "bicubic_skip": bool(m.bicubic_skip),
     }
-    return ModelSpec("srresnet", options, config.compute_dtype, conv)
+    return ModelSpec("srresnet", options, config.compute_dtype, conv("srresnet"))
 
 
 def _discriminator(config: ml_collections.ConfigDict) -> DiscriminatorSpec | None:

@@ -1,4 +1,5 @@
-"""jsr.ops.winograd: F(4x4, 3x3) convolutions against XLA's, the dispatcher's choices, and the models' switch."""
+"""jsr.ops.winograd: F(4x4, 3x3) convolutions and their gradients against XLA's, the dispatcher's choices, and the
+models' switch."""
 
 import flax.linen as nn
 import jax
@@ -11,9 +12,11 @@ from jsr.inference import Upscaler
 from jsr.models import Generator
 from jsr.models.vgg import VGG19Features, with_input_grad_kernels
 from jsr.ops import winograd
-from jsr.ops.conv import NHWC
-from jsr.ops.winograd import winograd_conv, winograd_conv3x3
+from jsr.ops.conv import NHWC, conv_function
+from jsr.ops.winograd import winograd_conv3x3, winograd_weight_grad3x3
 from jsr.parallel import batch_sharding, make_mesh
+
+winograd_conv = conv_function("winograd")  # the 'winograd' conv path: jsr.ops.conv.fast_conv(winograd_3x3=True)
 
 
 def reference(x, k):
@@ -61,6 +64,71 @@ def test_gradients_equal_xla():
     rx, rk = jax.grad(loss(reference), argnums=(0, 1))(x, k)
     assert_close_to_xla(gx, rx, rel=1e-4)
     assert_close_to_xla(gk, rk, rel=1e-4)
+
+
+def xla_weight_grad(x, dy):
+    _, vjp = jax.vjp(lambda k: reference(x, k), jnp.zeros((3, 3, x.shape[-1], dy.shape[-1]), x.dtype))
+    return vjp(dy)[0]
+
+
+@pytest.mark.parametrize(
+    "n, h, w, cin, cout",
+    [
+        (2, 37, 50, 5, 7),  # partial last tiles in both directions
+        (1, 64, 40, 16, 256),  # several bands
+        (5, 18, 17, 16, 64),  # small images, the last band padded
+        (16, 24, 24, 64, 64),  # SRResNet's body at the training patch
+    ],
+)
+def test_weight_grad_in_the_winograd_domain_equals_xla(n, h, w, cin, cout):
+    x, _ = data(n, h, w, cin, cout)
+    dy = jnp.asarray(np.random.default_rng(7).standard_normal((n, h, w, cout), np.float32))
+    got = jax.jit(winograd_weight_grad3x3)(x, dy)
+    assert got.shape == (3, 3, cin, cout)
+    assert_close_to_xla(got, xla_weight_grad(x, dy), rel=3e-5)
+
+
+def test_trainable_winograd_conv_has_winograd_gradients_equal_to_xla():
+    """conv='winograd' for training: forward, input gradient and kernel gradient all by Winograd (no direct conv
+    left in the differentiated program), each within Winograd's float32 error of XLA's."""
+    x, k = data(2, 18, 21, 16, 24)
+    loss = lambda conv: lambda x, k: jnp.sum(jnp.sin(conv(x, k)))  # noqa: E731
+    ours = loss(lambda x, k: winograd_conv(x, k, (1, 1), "SAME", dimension_numbers=NHWC))
+    assert "conv_general_dilated" not in str(jax.make_jaxpr(jax.value_and_grad(ours, argnums=(0, 1)))(x, k))
+    (v, (gx, gk)), (v_ref, (rx, rk)) = (
+        jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(x, k) for f in (ours, loss(reference))
+    )
+    np.testing.assert_allclose(v, v_ref, rtol=1e-4)
+    assert_close_to_xla(gx, rx, rel=1e-4)
+    assert_close_to_xla(gk, rk, rel=1e-4)
+
+
+def test_generator_trained_with_winograd_equals_xla():
+    """One SRResNet training gradient (BatchNorm in train mode) through conv='winograd' vs 'xla'."""
+    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32))
+    make = lambda conv: Generator(n_feats=16, num_blocks=2, conv=conv)  # noqa: E731
+    variables = jax.jit(make("xla").init)(jax.random.PRNGKey(0), x)
+
+    def grad(conv):
+        def loss(params):
+            out, _ = make(conv).apply(
+                {"params": params, "batch_stats": variables["batch_stats"]}, x, train=True, mutable=["batch_stats"]
+            )
+            return jnp.mean(jnp.square(out - 0.3))
+
+        return jax.jit(jax.grad(loss))(variables["params"])
+
+    got, want = grad("winograd"), grad("xla")
+    # every kernel's gradient on its own scale (those of convs feeding a BatchNorm are small, not zero); biases
+    # feeding a BatchNorm have a zero gradient in exact arithmetic (pure rounding noise in both paths)
+    kernels = {
+        jax.tree_util.keystr(path): (a, b)
+        for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want), strict=True)
+        if a.ndim == 4
+    }
+    assert len(kernels) == 2 * 2 + 5  # two per block, conv01, conv02, two upsamplers, last_conv
+    for name, (a, b) in kernels.items():
+        assert float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b)) < 1e-4, name
 
 
 def test_the_dispatcher_takes_winograd_only_where_it_applies():
@@ -150,3 +218,14 @@ def test_a_batch_sharded_over_devices_stays_sharded():
     out = compiled(x, k)
     assert out.sharding.is_equivalent_to(batch_sharding(mesh), out.ndim)
     assert_close_to_xla(out, reference(x, k))
+
+
+def test_weight_grad_of_a_batch_sharded_over_devices_equals_unsharded():
+    mesh = make_mesh()
+    x, _ = data(mesh.devices.size, 24, 20, 16, 32)
+    dy = jnp.asarray(np.random.default_rng(8).standard_normal((mesh.devices.size, 24, 20, 32), np.float32))
+    sharded = jax.jit(winograd_weight_grad3x3)(
+        jax.device_put(x, batch_sharding(mesh)), jax.device_put(dy, batch_sharding(mesh))
+    )
+    assert_close_to_xla(sharded, jax.jit(winograd_weight_grad3x3)(x, dy), rel=1e-5)  # another summation order
+    assert_close_to_xla(sharded, xla_weight_grad(x, dy))

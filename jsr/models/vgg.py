@@ -24,8 +24,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 VGG19_BLOCKS = ((2, 64), (2, 128), (4, 256), (4, 512), (4, 512))
 VGG19_TAPS = tuple(f"relu{b + 1}_{i + 1}" for b, (n, _) in enumerate(VGG19_BLOCKS) for i in range(n))
 PRE_ACTIVATION_TAPS = tuple(tap.replace("relu", "conv") for tap in VGG19_TAPS)
-# Variable collection of the kernels' input-gradient forms (``with_input_grad_kernels``); read only with conv='fast'.
+# Variable collection of the kernels' input-gradient forms (``with_input_grad_kernels``); read only on FAST_PATHS.
 INPUT_GRAD_KERNELS = "input_grad_kernels"
+FAST_PATHS = ("fast", "winograd")  # the conv paths built on jsr.ops.conv.fast_conv
 
 
 def torchvision_index(tap: str) -> int:
@@ -58,7 +59,7 @@ class VGG19Features(nn.Module):
     """``__call__(x, taps=("relu2_2", "relu5_4"))`` -> {tap: NHWC features}; stops after the deepest tap."""
 
     dtype: Any = jnp.float32
-    # 'fast': convs by jsr.ops.conv.fast_conv (also im2col on tiny feature maps, XLA CPU's slow case; with
+    # 'fast' / 'winograd': convs by jsr.ops.conv.fast_conv (also im2col on tiny feature maps, XLA CPU's slow case; with
     # ``with_input_grad_kernels`` variables, their input-gradient forms), pools by jsr.ops.pool.max_pool_2x2 (an
     # elementwise gradient instead of XLA CPU's scalar select_and_scatter)
     conv: str = "xla"
@@ -76,16 +77,17 @@ class VGG19Features(nn.Module):
         k = 0
         for b, (n, features) in enumerate(VGG19_BLOCKS):
             if b > 0:
-                if self.conv == "fast":
+                if self.conv in FAST_PATHS:
                     x = max_pool_2x2(x)
                 else:
                     x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
             for i in range(n):
                 name = f"conv{b + 1}_{i + 1}"
                 conv = conv_function(self.conv)
-                if self.conv == "fast" and self.has_variable(INPUT_GRAD_KERNELS, name):
+                if self.conv in FAST_PATHS and self.has_variable(INPUT_GRAD_KERNELS, name):
                     flipped = self.get_variable(INPUT_GRAD_KERNELS, name)
-                    conv = functools.partial(fast_conv, input_grad_kernel=flipped)
+                    winograd_3x3 = self.conv == "winograd"
+                    conv = functools.partial(fast_conv, input_grad_kernel=flipped, winograd_3x3=winograd_3x3)
                 x = nn.Conv(
                     features, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, conv_general_dilated=conv, name=name
                 )(x)

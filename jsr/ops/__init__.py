@@ -3,6 +3,6 @@ with fewer multiplications) and ``pool`` (a 2x2 max pool with an elementwise gra
 
 from jsr.ops.conv import CONV_PATHS, conv_function, fast_conv
 from jsr.ops.pool import max_pool_2x2
-from jsr.ops.winograd import winograd_conv, winograd_conv3x3
+from jsr.ops.winograd import winograd_conv3x3
 
-__all__ = ["CONV_PATHS", "conv_function", "fast_conv", "max_pool_2x2", "winograd_conv", "winograd_conv3x3"]
+__all__ = ["CONV_PATHS", "conv_function", "fast_conv", "max_pool_2x2", "winograd_conv3x3"]

@@ -271,12 +271,14 @@ def _custom_conv(
 ):
     """``conv(x, k, cache)``: the convolution with the chosen weight gradient. ``cache`` is ``()`` or, for a frozen
     kernel of a stride-1 conv, ``(input_grad_kernel(k),)``, which the input gradient then convolves with.
-    ``by_winograd``: the forward and that input gradient (both 3x3 'SAME' convs) by ``winograd.winograd_conv3x3``."""
+    ``by_winograd`` (3x3 'SAME' stride-1 convs only): all three by Winograd F(4x4, 3x3), ``jsr.ops.winograd``: the
+    forward, the input gradient (the same kind of conv, with the flipped kernel) and the kernel gradient (in the
+    Winograd domain)."""
     wgrad = WEIGHT_GRADS[weight_grad]
 
     def plain(x, k):
         if by_winograd:
-            return winograd.winograd_conv3x3(x, k, precision=precision)
+            return winograd.conv3x3(x, k, precision=precision)
         return lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=NHWC, precision=precision)
 
     @jax.custom_vjp
@@ -289,8 +291,8 @@ def _custom_conv(
     def bwd(res, dy):
         x, k, cache = res
         dy = dy.astype(x.dtype)
-        if cache and by_winograd:  # 3x3, padding 1: the input gradient is the same kind of conv
-            dx = winograd.winograd_conv3x3(dy, cache[0], precision=precision)
+        if by_winograd:
+            dx = winograd.conv3x3(dy, cache[0] if cache else input_grad_kernel(k), precision=precision)
         elif cache:
             (kh, kw), ((pt, pb), (pl, pr)) = k.shape[:2], padding
             flipped_pads = ((kh - 1 - pt, kh - 1 - pb), (kw - 1 - pl, kw - 1 - pr))
@@ -304,8 +306,11 @@ def _custom_conv(
             dx = input_grad_phases(dy, k, x.shape, strides, padding, precision)
         # the kernel's own gradient stays exact (XLA drops it when, as for a frozen network, nobody uses it); the
         # cache is a copy of ``k``, so it passes no gradient of its own
-        dk = wgrad(x, dy, k.shape, strides, padding, precision).astype(k.dtype)
-        return dx, dk, tuple(jnp.zeros_like(c) for c in cache)
+        if by_winograd:
+            dk = winograd.weight_grad3x3(x, dy, precision=precision)
+        else:
+            dk = wgrad(x, dy, k.shape, strides, padding, precision)
+        return dx, dk.astype(k.dtype), tuple(jnp.zeros_like(c) for c in cache)
 
     conv.defvjp(fwd, bwd)
     return conv
@@ -355,6 +360,7 @@ def fast_conv(
     *,
     weight_grad: str = DEFAULT_WEIGHT_GRAD,
     input_grad_kernel=None,
+    winograd_3x3: bool = False,
 ):
     """``lax.conv_general_dilated`` with the kernel gradient computed by ``WEIGHT_GRADS[weight_grad]`` (or, for at
     most ``SMALL_CONV_PIXELS`` output pixels, the whole convolution as im2col + one matmul).
@@ -362,7 +368,11 @@ def fast_conv(
     ``input_grad_kernel``: for a kernel that is not trained, ``input_grad_kernel(rhs)`` computed once; stride-1
     convs then read it for their input gradient instead of transposing ``rhs`` in every backward pass (equal
     values; the kernel's own gradient stays available and exact). It must be built from THIS ``rhs``: only its
-    shape is checked, so a cache kept after the kernel changed gives a wrong input gradient."""
+    shape is checked, so a cache kept after the kernel changed gives a wrong input gradient.
+
+    ``winograd_3x3``: the float32 3x3 'SAME' stride-1 convs that ``jsr.ops.winograd.applies`` accepts run forward,
+    input gradient and kernel gradient by Winograd F(4x4, 3x3) (a quarter of the multiplications; equal to ~1e-5 of
+    the output's scale); the others as without it."""
     plain_call = functools.partial(
         lax.conv_general_dilated,
         lhs,
@@ -388,6 +398,7 @@ def fast_conv(
     out_hw = _out_hw(jnp.shape(lhs), jnp.shape(rhs), strides, pads)
     if 0 < out_hw[0] * out_hw[1] <= SMALL_CONV_PIXELS:
         return _im2col_conv(lhs, rhs, out_hw, strides, pads, precision)
+    pays = winograd.applies(lhs, rhs, strides, pads)
     if input_grad_kernel is not None and strides == (1, 1):
         kh, kw, cin, cout = jnp.shape(rhs)
         if jnp.shape(input_grad_kernel) != (kh, kw, cout, cin):
@@ -396,11 +407,10 @@ def fast_conv(
                 "pass input_grad_kernel(kernel) of this conv's own kernel"
             )
         cache = (jnp.asarray(input_grad_kernel).astype(jnp.result_type(rhs)),)
-        # a frozen kernel's forward and input gradient by Winograd F(4x4, 3x3) where it applies (fewer
-        # multiplications for the perceptual loss's VGG19); trained kernels keep XLA's forward
-        by_winograd = winograd.applies(lhs, rhs, strides, pads) and jax.default_backend() == "cpu"
-        return _custom_conv(strides, pads, precision, weight_grad, by_winograd)(lhs, rhs, cache)
-    return _custom_conv(strides, pads, precision, weight_grad, False)(lhs, rhs, ())
+        # a frozen kernel (the perceptual loss's VGG19) by Winograd on a CPU even on the 'fast' path
+        frozen_winograd = winograd_3x3 or jax.default_backend() == "cpu"
+        return _custom_conv(strides, pads, precision, weight_grad, frozen_winograd and pays)(lhs, rhs, cache)
+    return _custom_conv(strides, pads, precision, weight_grad, winograd_3x3 and pays)(lhs, rhs, ())
 
 
 CONV_PATHS = ("xla", "fast", "winograd")
@@ -409,22 +419,27 @@ CONFIG_CONV_CHOICES = ("auto", *CONV_PATHS)
 
 def conv_function(path: str):
     """The ``conv_general_dilated`` to give ``nn.Conv`` for a model's ``conv`` switch: None (Flax's default,
-    ``lax.conv_general_dilated``) for 'xla', ``fast_conv`` for 'fast', ``jsr.ops.winograd.winograd_conv`` for
-    'winograd' (fewer multiplications for 3x3 convs: CPU inference)."""
+    ``lax.conv_general_dilated``) for 'xla', ``fast_conv`` for 'fast', ``fast_conv`` with Winograd F(4x4, 3x3) for
+    its 3x3 convs (forward and both gradients) for 'winograd'."""
     if path not in CONV_PATHS:
         raise ValueError(f"conv={path!r}: choose from {CONV_PATHS}")
     if path == "winograd":
-        return winograd.winograd_conv
+        return _winograd_fast_conv
     return None if path == "xla" else fast_conv
 
 
-def resolve_conv(choice: str, backend: str, needs_forward_mode: bool = False) -> str:
-    """A config's ``model.conv`` ('auto', 'xla', 'fast' or 'winograd') as the path to build: 'auto' is 'fast' on
-    CPU, where its weight gradients were measured faster (benchmarks/), and 'xla' on GPU/TPU, whose own kernels
-    were not beaten, and wherever the model is differentiated in forward mode (``fast_conv`` has no jvp rule).
-    'winograd' is for CPU inference (``jsr.inference.Upscaler`` picks it itself)."""
+_winograd_fast_conv = functools.partial(fast_conv, winograd_3x3=True)
+
+
+def resolve_conv(choice: str, backend: str, needs_forward_mode: bool = False, winograd_pays: bool = True) -> str:
+    """A config's ``model.conv`` ('auto', 'xla', 'fast' or 'winograd') as the path to build. 'auto' on a CPU:
+    'winograd' where ``winograd_pays`` (the architecture's measured ``cpu_winograd``), else 'fast' (both measured
+    faster than XLA's own there: benchmarks/run.py, benchmarks/conv_grad.py); 'xla' on GPU/TPU, whose own kernels
+    were not beaten, and wherever the model is differentiated in forward mode (``fast_conv`` has no jvp rule)."""
     if choice not in CONFIG_CONV_CHOICES:
         raise ValueError(f"conv={choice!r}: choose from {CONFIG_CONV_CHOICES}")
     if choice == "auto":
-        return "fast" if backend == "cpu" and not needs_forward_mode else "xla"
+        if backend != "cpu" or needs_forward_mode:
+            return "xla"
+        return "winograd" if winograd_pays else "fast"
     return choice

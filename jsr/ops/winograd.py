@@ -1,32 +1,30 @@
-"""3x3 stride-1 convolutions by Winograd's minimal filtering F(4x4, 3x3) (Lavin & Gray, 2015): for CPU inference.
+"""3x3 stride-1 convolutions by Winograd's minimal filtering F(4x4, 3x3) (Lavin & Gray, 2015): forward, input
+gradient and kernel gradient, for CPU training and inference (``jsr.ops.conv.fast_conv(winograd_3x3=True)``).
 
-XLA's CPU convolution already runs near the CPU's FMA peak (benchmarks/winograd.py), so only fewer
-multiplications can make SRResNet's inference faster. F(4x4, 3x3) computes each 4x4 output tile from a 6x6 input
-tile with 36 products per channel pair instead of 144: the transformed input (36 x tiles x Cin) times the
-transformed kernel (36 x Cin x Cout) is ONE batched matmul, with cheap elementwise transforms on either side.
+XLA's CPU convolution already runs near the CPU's FMA peak, so only fewer multiplications can make it faster.
+F(4x4, 3x3) computes each 4x4 output tile from a 6x6 input tile with 36 products per channel pair instead of 144:
+the transformed input (36 x tiles x Cin) times the transformed kernel (36 x Cin x Cout) is ONE batched matmul,
+with cheap elementwise transforms on either side. The kernel gradient is the same in reverse: transformed inputs
+times transformed output gradients (A dy A^T per tile), summed over tiles, mapped back by G^T . G.
 
-What makes it pay in plain JAX (each choice measured against its alternative):
+What makes it pay in plain JAX (each choice measured against its alternative: benchmarks/winograd.py,
+benchmarks/conv_grad.py; figures in benchmarks/results and the README):
 - the image is processed a band of tile rows at a time (``lax.map``) so that each band's transformed data stays in
-  cache (~2.4 MB); whole-image transforms made the 64 -> 256 convs no faster than XLA's;
+  cache; whole-image transforms made the 64 -> 256 convs no faster than XLA's;
 - the transforms are separable 1-D passes (along W, then H), each a weighted sum of six strided views that XLA
   fuses into one loop, channels innermost; an optimisation barrier keeps the first pass from being recomputed;
 - the 36 products are one ``dot_general`` with the 36-axis leading both operands (no transposes).
-Measured per conv (batch 1, float32, median of interleaved pairs): 64 -> 64 at 128x128 0.59-0.67x XLA's time,
-64 -> 256 at 128x128 0.45-0.52x, at 256x256 0.50-0.57x. Error: ~1e-5 of the output's scale per conv (XLA's own
-float32 conv: ~1e-6), not growing along a chain of 32 convs (3.4e-6).
+Error: ~1e-5 of the output's scale per conv (XLA's own float32 conv: ~1e-6), not growing along a chain of convs.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-
-from jsr.ops.layout import explicit_padding, plain_conv
 
 TILE = 4  # output tile side m of F(m x m, 3 x 3)
 # Interpolation points 0, 1, -1, 2, -2, infinity (the well-conditioned choice for F(4, 3)).
@@ -112,19 +110,12 @@ def winograd_conv3x3(x: jnp.ndarray, kernel: jnp.ndarray, precision=None) -> jnp
     """NHWC ``x`` convolved with the HWIO 3x3 ``kernel``, stride 1, zero padding 1 ('SAME'): (N, H, W, Cout).
 
     Any N, H, W (the last tiles and bands are zero-padded and cropped); differentiable (by JAX, as the ops it is
-    made of)."""
+    made of; ``jsr.ops.conv`` gives it Winograd gradients)."""
     n, h, w, cin = x.shape
     if kernel.shape[:3] != (3, 3, cin):
         raise ValueError(f"winograd_conv3x3 needs a (3, 3, {cin}, Cout) kernel for this input, got {kernel.shape}")
     cout = kernel.shape[3]
-    tile_rows, tile_cols = math.ceil(h / TILE), math.ceil(w / TILE)
-    rows, bands = band_plan(max(1, n), tile_rows, tile_cols, cout)
-    # one pixel of 'SAME' padding before; after: the same plus whatever completes the last tile and band
-    padded = lax.pad(
-        x,
-        jnp.zeros((), x.dtype),
-        ((0, 0, 0), (1, TILE * rows * bands - h + 1, 0), (1, TILE * tile_cols - w + 1, 0), (0, 0, 0)),
-    )
+    padded, rows, bands, tile_cols = _padded_bands(x, cout)
     u = kernel_transform(kernel)
 
     def band(index):
@@ -136,6 +127,69 @@ def winograd_conv3x3(x: jnp.ndarray, kernel: jnp.ndarray, precision=None) -> jnp
     out = lax.map(band, jnp.arange(bands))  # (bands, N, 4 rows, 4 cols, Cout)
     out = jnp.moveaxis(out, 0, 1).reshape(n, bands * TILE * rows, TILE * tile_cols, cout)
     return out[:, :h, :w]
+
+
+def _output_transform_adjoint(dy: jnp.ndarray, rows: int, cols: int) -> jnp.ndarray:
+    """The transpose of ``_output_transform``: (G, 4 rows, 4 cols, C) output gradients -> (36, G * rows * cols, C),
+    A dy A^T of every 4x4 tile."""
+    span = TILE * (cols - 1) + 1
+    views = [dy[:, :, b : b + span : TILE] for b in range(TILE)]  # (G, 4 rows, cols, C) each
+    along_w = jnp.stack([_weighted_sum(A_T[:, j], views) for j in range(N_IN)])
+    along_w = lax.optimization_barrier(along_w)  # (6 j, G, 4 rows, cols, C)
+    span = TILE * (rows - 1) + 1
+    views = [along_w[:, :, a : a + span : TILE] for a in range(TILE)]  # (6 j, G, rows, cols, C) each
+    m = jnp.stack([_weighted_sum(A_T[:, i], views) for i in range(N_IN)])  # (6 i, 6 j, G, rows, cols, C)
+    return m.reshape(N_IN * N_IN, -1, dy.shape[-1])
+
+
+def _kernel_transform_adjoint(du: jnp.ndarray) -> jnp.ndarray:
+    """The transpose of ``kernel_transform``: (36, Cin, Cout) -> HWIO (3, 3, Cin, Cout), G^T du G."""
+    du = du.reshape(N_IN, N_IN, *du.shape[1:])
+    rows = [_weighted_sum(G[:, r], [du[i] for i in range(N_IN)]) for r in range(3)]  # (6 j, Cin, Cout) each
+    return jnp.stack(
+        [jnp.stack([_weighted_sum(G[:, s], [row[j] for j in range(N_IN)]) for s in range(3)]) for row in rows]
+    )
+
+
+def _padded_bands(x: jnp.ndarray, cout: int):
+    """``x`` zero-padded for ``band_plan``'s bands (one 'SAME' pixel before; after: that plus the last tile and band),
+    with (tile rows per band, bands, tile columns)."""
+    n, h, w, _ = x.shape
+    tile_rows, tile_cols = math.ceil(h / TILE), math.ceil(w / TILE)
+    rows, bands = band_plan(max(1, n), tile_rows, tile_cols, cout)
+    padded = lax.pad(
+        x,
+        jnp.zeros((), x.dtype),
+        ((0, 0, 0), (1, TILE * rows * bands - h + 1, 0), (1, TILE * tile_cols - w + 1, 0), (0, 0, 0)),
+    )
+    return padded, rows, bands, tile_cols
+
+
+def winograd_weight_grad3x3(x: jnp.ndarray, dy: jnp.ndarray, precision=None) -> jnp.ndarray:
+    """The kernel gradient of ``winograd_conv3x3(x, kernel)`` for the output gradient ``dy``, computed in the
+    Winograd domain: per band, the transformed inputs (36, tiles, Cin) times the transformed output gradients (36,
+    tiles, Cout), summed over tiles (36 matmuls in one), then mapped back by the kernel transform's transpose."""
+    n, h, w, cin = x.shape
+    cout = dy.shape[-1]
+    padded, rows, bands, tile_cols = _padded_bands(x, cout)
+    dy = lax.pad(
+        dy,
+        jnp.zeros((), dy.dtype),
+        ((0, 0, 0), (0, TILE * rows * bands - h, 0), (0, TILE * tile_cols - w, 0), (0, 0, 0)),
+    )
+
+    def band(index):
+        piece = lax.dynamic_slice_in_dim(padded, index * TILE * rows, TILE * rows + 2, axis=1)
+        v = _input_transform(piece, rows, tile_cols)
+        m = _output_transform_adjoint(
+            lax.dynamic_slice_in_dim(dy, index * TILE * rows, TILE * rows, axis=1), rows, tile_cols
+        )
+        return lax.dot_general(
+            v, m, (((1,), (1,)), ((0,), (0,))), precision=precision, preferred_element_type=jnp.float32
+        )  # (36, Cin, Cout)
+
+    du = jnp.sum(lax.map(band, jnp.arange(bands)), axis=0)
+    return _kernel_transform_adjoint(du).astype(x.dtype)
 
 
 def applies(lhs, rhs, strides, padding) -> bool:
@@ -152,26 +206,6 @@ def applies(lhs, rhs, strides, padding) -> bool:
     )
 
 
-_CONV_SIGNATURE = inspect.signature(lax.conv_general_dilated)
-
-
-def winograd_conv(*args, **kwargs):
-    """``lax.conv_general_dilated`` (same signature) that runs the convolutions ``applies`` accepts by
-    ``winograd_conv3x3``; every other call is passed to ``lax.conv_general_dilated`` unchanged. Plugs into Flax as
-    ``nn.Conv(..., conv_general_dilated=winograd_conv)``."""
-    call = _CONV_SIGNATURE.bind(*args, **kwargs)
-    call.apply_defaults()
-    a = call.arguments
-    lhs, rhs, strides = a["lhs"], a["rhs"], a["window_strides"]
-    plain = plain_conv(
-        lhs,
-        *(a[k] for k in ("dimension_numbers", "lhs_dilation", "rhs_dilation", "feature_group_count")),
-        *(a[k] for k in ("batch_group_count", "preferred_element_type")),
-    )
-    if plain and applies(lhs, rhs, strides, explicit_padding(a["padding"], jnp.shape(lhs), jnp.shape(rhs), strides)):
-        return _winograd_conv3x3_jit(lhs, rhs, precision=a["precision"])
-    return lax.conv_general_dilated(*args, **kwargs)
-
-
 # Jitted, so that the many same-shaped convs of a network are traced once (2.0 -> 0.3 s to lower SRResNet).
-_winograd_conv3x3_jit = jax.jit(winograd_conv3x3, static_argnames=("precision",))
+conv3x3 = jax.jit(winograd_conv3x3, static_argnames=("precision",))
+weight_grad3x3 = jax.jit(winograd_weight_grad3x3, static_argnames=("precision",))

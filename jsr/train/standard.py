@@ -17,7 +17,7 @@ import optax
 from jsr import archs, checkpoints, losses, metrics, parallel
 from jsr import data as jdata
 from jsr.models import VGG19Features
-from jsr.models.vgg import with_input_grad_kernels
+from jsr.models.vgg import FAST_PATHS, with_input_grad_kernels
 from jsr.optim import Plateau, make_optimizer
 from jsr.spec import DISCRIMINATORS, OptimSpec, RunSpec, TrainingError, as_spec
 from jsr.train.common import init_generator_variables
@@ -40,7 +40,7 @@ def load_perceptual_vgg(run: RunSpec) -> tuple[VGG19Features, Any]:
     """The frozen VGG19 of the perceptual loss: module and variables (with conv='fast', plus the kernels' input-
     gradient forms, built once here rather than in every step)."""
     module = VGG19Features(dtype=run.model.dtype, conv=run.model.conv)
-    prepare = functools.partial(with_input_grad_kernels, dtype=module.dtype) if module.conv == "fast" else dict
+    prepare = functools.partial(with_input_grad_kernels, dtype=module.dtype) if module.conv in FAST_PATHS else dict
     if run.loss.vgg_weights:
         try:
             _, variables = checkpoints.load_model(run.loss.vgg_weights, expect="vgg19")
