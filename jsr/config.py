@@ -124,9 +124,9 @@ def base_config() -> ml_collections.ConfigDict:
     # conv: how the convolutions are computed, not what (same outputs and gradients to float rounding, tested; the
     # frozen VGG19 in 'fast' and 'winograd' use Winograd F(4x4, 3x3) on CPU, ~1e-5): 'fast' = jsr.ops.conv's
     # weight gradients (reverse mode only, so not Delta-STN), 'winograd' = 'fast' with the float32 3x3 convs'
-    # forward, input and kernel gradients by Winograd F(4x4, 3x3) (jsr.ops.winograd, equal to ~1e-5; fastest CPU
-    # training), 'xla' = XLA's own; 'auto' = 'winograd' on CPU ('fast' for architectures whose cpu_winograd is off)
-    # unless Delta-STN is on, 'xla' on GPU/TPU
+    # forward, input and kernel gradients by Winograd F(4x4, 3x3) (jsr.ops.winograd, equal to ~1e-5; the fastest
+    # MSE step of 64-channel models on a CPU, longer to compile; the SRGAN discriminator keeps 'fast'), 'xla' =
+    # XLA's own; 'auto' = 'fast' on CPU unless Delta-STN is on, 'xla' on GPU/TPU
     # arch: '' = the architecture of init_from (any registered one, with its own constructor arguments), or
     # srresnet built from n_feats / num_blocks / bicubic_skip when training from scratch
     # options: constructor arguments of another architecture trained from scratch (arch='rrdbnet', ...)

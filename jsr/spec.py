@@ -6,6 +6,7 @@ every check is here, with a message naming the field; nothing downstream reads t
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -55,6 +56,7 @@ class DiscriminatorSpec:
     arch: str  # a DISCRIMINATORS key
     n_feats: int
     patch_size: int  # the HR side the SRGAN discriminator is built for (the U-Net takes any multiple of 8)
+    conv: str  # its convolution path, resolved like the generator's for its own architecture
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,7 +231,7 @@ def _resolve(config: ml_collections.ConfigDict) -> RunSpec:
         },
         distributed=distributed_spec(config),
         model=_model(config, deltastn.enabled),
-        discriminator=_discriminator(config),
+        discriminator=_discriminator(config, deltastn.enabled),
         loss=_fields(LossSpec, config.loss),
         optim=optim,
         data=ml_collections.FrozenConfigDict(config.data),
@@ -261,6 +263,17 @@ def _check_deltastn(config: ml_collections.ConfigDict, plateau: PlateauSpec) -> 
         )
 
 
+def _conv(config: ml_collections.ConfigDict, forward_mode: bool, arch_name: str) -> str:
+    """config.model.conv resolved for this backend and method; 'winograd' is 'fast' for a discriminator whose
+    ``cpu_winograd`` is off (the SRGAN discriminator's trained convs ran slower by Winograd)."""
+    try:
+        conv = resolve_conv(config.model.conv, jax.default_backend(), forward_mode)
+    except ValueError as e:
+        raise TrainingError(f"config.model.{e}") from e
+    arch = archs.get(arch_name)
+    return "fast" if conv == "winograd" and arch.role == "discriminator" and not arch.cpu_winograd else conv
+
+
 def _model(config: ml_collections.ConfigDict, forward_mode: bool) -> ModelSpec:
     """config.model.arch '' takes init_from's architecture and arguments (config.model.n_feats etc. are then not
     used); without init_from, srresnet is built from config.model, another architecture from config.model.options."""
@@ -269,14 +282,7 @@ def _model(config: ml_collections.ConfigDict, forward_mode: bool) -> ModelSpec:
             f"config.model.scale={config.model.scale} differs from config.data.scale={config.data.scale}; "
             "set them equal"
         )
-
-    def conv(arch_name: str) -> str:
-        pays = archs.get(arch_name).cpu_winograd
-        try:
-            return resolve_conv(config.model.conv, jax.default_backend(), forward_mode, winograd_pays=pays)
-        except ValueError as e:
-            raise TrainingError(f"config.model.{e}") from e
-
+    conv = functools.partial(_conv, config, forward_mode)
     arch, scale = config.model.arch, config.data.scale
     if config.init_from and not arch:
         try:
@@ -306,7 +312,7 @@ def _model(config: ml_collections.ConfigDict, forward_mode: bool) -> ModelSpec:
     return ModelSpec("srresnet", options, config.compute_dtype, conv("srresnet"))
 
 
-def _discriminator(config: ml_collections.ConfigDict) -> DiscriminatorSpec | None:
+def _discriminator(config: ml_collections.ConfigDict, forward_mode: bool) -> DiscriminatorSpec | None:
     """SRGAN-PyTorch's discriminator at a fixed patch size, or Real-ESRGAN's U-Net (any size); None without GAN."""
     arch = config.discriminator.arch
     if arch not in DISCRIMINATORS:
@@ -318,7 +324,8 @@ def _discriminator(config: ml_collections.ConfigDict) -> DiscriminatorSpec | Non
         patch = config.data.scale * config.data.patch_size
     elif arch == "srgan" and not patch:
         raise TrainingError("whole-image GAN training needs config.discriminator.patch_size (the HR image side)")
-    return DiscriminatorSpec(arch, config.discriminator.n_feats, patch)
+    conv = _conv(config, forward_mode, DISCRIMINATORS[arch])
+    return DiscriminatorSpec(arch, config.discriminator.n_feats, patch, conv)
 
 
 def as_spec(run) -> RunSpec:

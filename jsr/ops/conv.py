@@ -431,15 +431,14 @@ def conv_function(path: str):
 _winograd_fast_conv = functools.partial(fast_conv, winograd_3x3=True)
 
 
-def resolve_conv(choice: str, backend: str, needs_forward_mode: bool = False, winograd_pays: bool = True) -> str:
-    """A config's ``model.conv`` ('auto', 'xla', 'fast' or 'winograd') as the path to build. 'auto' on a CPU:
-    'winograd' where ``winograd_pays`` (the architecture's measured ``cpu_winograd``), else 'fast' (both measured
-    faster than XLA's own there: benchmarks/run.py, benchmarks/conv_grad.py); 'xla' on GPU/TPU, whose own kernels
-    were not beaten, and wherever the model is differentiated in forward mode (``fast_conv`` has no jvp rule)."""
+def resolve_conv(choice: str, backend: str, needs_forward_mode: bool = False) -> str:
+    """A config's ``model.conv`` ('auto', 'xla', 'fast' or 'winograd') as the path to build: 'auto' is 'fast' on
+    CPU, where its weight gradients were measured faster (benchmarks/), and 'xla' on GPU/TPU, whose own kernels
+    were not beaten, and wherever the model is differentiated in forward mode (``fast_conv`` has no jvp rule).
+    'winograd' (opt-in for training: faster for SRResNet 16x64's MSE step, not for the quickstart's 32-channel
+    model nor the GAN step, and longer to compile; benchmarks/run.py --compare-conv) is the Upscaler's CPU default."""
     if choice not in CONFIG_CONV_CHOICES:
         raise ValueError(f"conv={choice!r}: choose from {CONFIG_CONV_CHOICES}")
     if choice == "auto":
-        if backend != "cpu" or needs_forward_mode:
-            return "xla"
-        return "winograd" if winograd_pays else "fast"
+        return "fast" if backend == "cpu" and not needs_forward_mode else "xla"
     return choice

@@ -60,7 +60,7 @@ def load_perceptual_vgg(run: RunSpec) -> tuple[VGG19Features, Any]:
 def build_discriminator(run: RunSpec):
     """SRGAN-PyTorch's discriminator (a fixed patch size) or Real-ESRGAN's U-Net with spectral norm (any size)."""
     spec = run.discriminator
-    common = {"dtype": run.model.dtype, "conv": run.model.conv}
+    common = {"dtype": run.model.dtype, "conv": spec.conv}
     if spec.arch == "srgan":
         return archs.get(DISCRIMINATORS["srgan"]).build(
             {"patch_size": spec.patch_size, "n_feats": spec.n_feats} | common
