@@ -10,13 +10,13 @@ Cases (same shapes on both sides; defaults are SRGAN's: SRResNet 16 blocks x 64 
 The jsr side runs in this process; the PyTorch side (``benchmarks/torch_reference.py``) in a fresh subprocess of a
 Python that has torch (``--torch-python``), right after the jsr side of the same case, so that background load hits
 both alike (``--rounds R`` runs R such pairs per case in ABBA order; medians over all their repetitions, and each
-round's ratio). jsr runs with ``--conv`` (default 'auto': 'winograd' on CPU, as training does; ``--compare-conv``
-also times the other CPU path, 'fast' or 'winograd', in the same case). Each side: warm-up excluded, median of
-``--repeats`` timed repetitions. jsr's compile time is reported apart (lower + compile of the step; for inference,
-first call minus the median). Peak memory: the torch process's peak RSS per case; jsr's process peak RSS so far
-(cumulative over the cases run in this process) and XLA's own buffer sizes for the case. FLOPs come from XLA's cost
-analysis of the computation lowered for the CPU (the same count on any device); achieved FLOP/s is always
-reported, and the fraction of the device's peak on a known GPU / TPU.
+round's ratio). jsr runs with ``--conv`` (default 'auto': 'fast' on CPU, 'xla' on GPU/TPU, as training does;
+``--compare-conv`` also times the other path, 'winograd' for 'fast', else 'fast', in the same case). Each side:
+warm-up excluded, median of ``--repeats`` timed repetitions. jsr's compile time is reported apart (lower + compile
+of the step; for inference, first call minus the median). Peak memory: the torch process's peak RSS per case; jsr's
+process peak RSS so far (cumulative over the cases run in this process) and XLA's own buffer sizes for the case.
+FLOPs come from XLA's cost analysis of the computation lowered for the CPU (the same count on any device); achieved
+FLOP/s is always reported, and the fraction of the device's peak on a known GPU / TPU.
 """
 
 from __future__ import annotations
@@ -450,7 +450,7 @@ def main(argv=None) -> dict:
         case_args = argparse.Namespace(**vars(args))
         if case == "infer_1024_tiled":
             case_args.repeats, case_args.warmup = args.tiled_repeats, 1
-        other_conv = ("fast" if args.conv == "winograd" else "winograd") if args.compare_conv else None
+        other_conv = {"fast": "winograd"}.get(args.conv, "fast") if args.compare_conv else None
         # --rounds alternates whole jsr and torch runs in the order jsr, torch, torch, jsr, jsr, ... (ABBA), so that
         # minutes-long drift of the machine hits both sides alike
         jsr_runs, torch_runs = [], {v: [] for v in variants}

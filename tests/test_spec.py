@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 
 from jsr.config import load_config_file
+from jsr.ops.conv import resolve_conv
 from jsr.spec import RunSpec, TrainingError, resolve
 from jsr.train.cli import OverrideError, apply_override, load_config
 
@@ -37,6 +38,8 @@ def test_winograd_trains_the_generator_and_leaves_the_srgan_discriminator_fast(c
     assert (resolve(config).model.conv, resolve(config).discriminator.conv) == ("fast", "fast")  # on a CPU
     config.model.conv = "xla"
     assert resolve(config).discriminator.conv == "xla"
+    with pytest.raises(ValueError, match="conv='winograd' is a CPU path"):
+        resolve_conv("winograd", "gpu")
 
 
 @pytest.mark.parametrize(

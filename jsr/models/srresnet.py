@@ -116,8 +116,9 @@ class Generator(nn.Module):
       pow2_stages: upsample in log2(scale) x2 stages for every power-of-two scale (the paper layout).
       dtype: compute dtype (parameters stay float32).
       conv: convolution path, 'xla' (``lax.conv_general_dilated``), 'fast' (``jsr.ops.conv.fast_conv``: the same
-        forward, another weight-gradient formulation; reverse-mode only) or 'winograd' (``jsr.ops.winograd``: 3x3
-        convs with fewer multiplications, equal to ~1e-5; CPU inference). Parameters are the same either way.
+        forward, another weight-gradient formulation; reverse-mode only) or 'winograd' ('fast' with the 3x3 convs'
+        forward and both gradients by ``jsr.ops.winograd``, fewer multiplications, equal to ~1e-5; CPU inference and
+        training; reverse-mode only). Parameters are the same either way.
 
     ``__call__(x, train=False, return_features=False, valid_mask=None)`` takes NHWC images in [-1, 1] and
     returns the SR image in [-1, 1] (tanh), plus the LR-resolution feature map (after the global skip) when

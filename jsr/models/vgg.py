@@ -45,9 +45,9 @@ def with_input_grad_kernels(variables: Mapping[str, Any], dtype: Any = jnp.float
     """``variables`` plus each conv kernel's input-gradient form (``jsr.ops.conv.input_grad_kernel``), built once,
     in the module's compute ``dtype`` (so that no step casts them again).
 
-    For a FROZEN VGG19 (the perceptual loss) with conv='fast': its backward pass then reads these instead of
-    transposing every kernel in every step (80 MB more memory for the full network in float32), and on a CPU its
-    3x3 convs on maps of 12+ pixels run forward and backward by Winograd F(4x4, 3x3) (``jsr.ops.winograd``;
+    For a FROZEN VGG19 (the perceptual loss) with conv='fast' or 'winograd': its backward pass then reads these
+    instead of transposing every kernel in every step (80 MB more memory for the full network in float32), and on a
+    CPU its 3x3 convs on maps of 12+ pixels run forward and backward by Winograd F(4x4, 3x3) (``jsr.ops.winograd``;
     values and input gradient equal to ~1e-5, except where a max pool's near-tie routes the gradient otherwise).
     Rebuild them if ``variables["params"]`` ever change: a stale copy gives a wrong input gradient."""
     params = variables["params"]

@@ -3,8 +3,9 @@
 ``fast_conv`` has ``lax.conv_general_dilated``'s signature, so it plugs into Flax as
 ``nn.Conv(..., conv_general_dilated=fast_conv)`` with the module, its parameters and their layout unchanged. Its
 forward pass is XLA's own, and so is the input gradient of stride-1 convs (strided ones: ``input_grad_phases``,
-one stride-1 conv per output phase; a frozen kernel's 3x3 'SAME' forward and input gradient: Winograd F(4x4, 3x3),
-``jsr.ops.winograd``, equal to ~1e-5); the kernel (weight) gradient is computed by one of ``WEIGHT_GRADS``
+one stride-1 conv per output phase; a frozen kernel's 3x3 'SAME' forward and input gradient on a CPU, and with
+``winograd_3x3`` a trained one's forward and both gradients: Winograd F(4x4, 3x3), ``jsr.ops.winograd``, equal to
+~1e-5); the kernel (weight) gradient is otherwise computed by one of ``WEIGHT_GRADS``
 (``benchmarks/conv_grad.py`` measures them against XLA's weight-gradient convolution):
 
 - ``xla``: XLA's own (the transpose of the convolution; reference).
@@ -271,9 +272,9 @@ def _custom_conv(
 ):
     """``conv(x, k, cache)``: the convolution with the chosen weight gradient. ``cache`` is ``()`` or, for a frozen
     kernel of a stride-1 conv, ``(input_grad_kernel(k),)``, which the input gradient then convolves with.
-    ``by_winograd`` (3x3 'SAME' stride-1 convs only): all three by Winograd F(4x4, 3x3), ``jsr.ops.winograd``: the
-    forward, the input gradient (the same kind of conv, with the flipped kernel) and the kernel gradient (in the
-    Winograd domain)."""
+    ``by_winograd`` (3x3 'SAME' stride-1 convs only): by Winograd F(4x4, 3x3), ``jsr.ops.winograd``, the forward,
+    the input gradient (the same kind of conv, with the flipped kernel) and, for a trained kernel (no cache), the
+    kernel gradient (in the Winograd domain)."""
     wgrad = WEIGHT_GRADS[weight_grad]
 
     def plain(x, k):
@@ -304,9 +305,9 @@ def _custom_conv(
             (dx,) = vjp_x(dy)
         else:
             dx = input_grad_phases(dy, k, x.shape, strides, padding, precision)
-        # the kernel's own gradient stays exact (XLA drops it when, as for a frozen network, nobody uses it); the
-        # cache is a copy of ``k``, so it passes no gradient of its own
-        if by_winograd:
+        # a frozen kernel's own gradient stays exact (XLA drops it when nobody uses it); the cache is a copy of
+        # ``k``, so it passes no gradient of its own
+        if by_winograd and not cache:  # a trained kernel
             dk = winograd.weight_grad3x3(x, dy, precision=precision)
         else:
             dk = wgrad(x, dy, k.shape, strides, padding, precision)
@@ -407,8 +408,8 @@ def fast_conv(
                 "pass input_grad_kernel(kernel) of this conv's own kernel"
             )
         cache = (jnp.asarray(input_grad_kernel).astype(jnp.result_type(rhs)),)
-        # a frozen kernel (the perceptual loss's VGG19) by Winograd on a CPU even on the 'fast' path
-        frozen_winograd = winograd_3x3 or jax.default_backend() == "cpu"
+        # a frozen kernel (the perceptual loss's VGG19) by Winograd on a CPU, on the 'fast' path too
+        frozen_winograd = jax.default_backend() == "cpu"
         return _custom_conv(strides, pads, precision, weight_grad, frozen_winograd and pays)(lhs, rhs, cache)
     return _custom_conv(strides, pads, precision, weight_grad, winograd_3x3 and pays)(lhs, rhs, ())
 
@@ -441,4 +442,6 @@ def resolve_conv(choice: str, backend: str, needs_forward_mode: bool = False) ->
         raise ValueError(f"conv={choice!r}: choose from {CONFIG_CONV_CHOICES}")
     if choice == "auto":
         return "fast" if backend == "cpu" and not needs_forward_mode else "xla"
+    if choice == "winograd" and backend != "cpu":
+        raise ValueError(f"conv='winograd' is a CPU path (this backend is {backend}): use 'auto' or 'xla'")
     return choice

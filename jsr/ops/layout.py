@@ -1,5 +1,5 @@
-"""What an NHWC / HWIO convolution call is, and its padding as explicit (low, high) pairs: shared by the custom
-convolution paths (``jsr.ops.conv``, ``jsr.ops.winograd``)."""
+"""What an NHWC / HWIO convolution call is, and its padding as explicit (low, high) pairs: for the custom
+convolution paths (``jsr.ops.conv``, which also dispatches to ``jsr.ops.winograd``)."""
 
 from __future__ import annotations
 

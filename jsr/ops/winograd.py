@@ -188,7 +188,7 @@ def winograd_weight_grad3x3(x: jnp.ndarray, dy: jnp.ndarray, precision=None) -> 
             v, m, (((1,), (1,)), ((0,), (0,))), precision=precision, preferred_element_type=jnp.float32
         )  # (36, Cin, Cout)
 
-    du = jnp.sum(lax.map(band, jnp.arange(bands)), axis=0)
+    du = lax.fori_loop(0, bands, lambda i, total: total + band(i), jnp.zeros((N_IN * N_IN, cin, cout), jnp.float32))
     return _kernel_transform_adjoint(du).astype(x.dtype)
 
 

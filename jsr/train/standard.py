@@ -37,8 +37,8 @@ class TrainState:
 
 
 def load_perceptual_vgg(run: RunSpec) -> tuple[VGG19Features, Any]:
-    """The frozen VGG19 of the perceptual loss: module and variables (with conv='fast', plus the kernels' input-
-    gradient forms, built once here rather than in every step)."""
+    """The frozen VGG19 of the perceptual loss: module and variables (with conv='fast' / 'winograd', plus the
+    kernels' input-gradient forms, built once here rather than in every step)."""
     module = VGG19Features(dtype=run.model.dtype, conv=run.model.conv)
     prepare = functools.partial(with_input_grad_kernels, dtype=module.dtype) if module.conv in FAST_PATHS else dict
     if run.loss.vgg_weights:
