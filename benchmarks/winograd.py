@@ -58,6 +58,20 @@ def float64_conv(x, k):
     return sum(padded[i : i + h, j : j + w] @ k[i, j] for i in range(3) for j in range(3))[None]
 
 
+def alternate(fns: dict, args: tuple, pairs: int, warmup: int) -> dict[str, list[float]]:
+    """Each function's seconds per call, after ``warmup`` calls each, the functions called in turn ``pairs`` times."""
+    for f in fns.values():
+        for _ in range(warmup):
+            jax.block_until_ready(f(*args))
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(pairs):
+        for name, f in fns.items():
+            start = time.perf_counter()
+            jax.block_until_ready(f(*args))
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
 def run_case(side: int, cin: int, cout: int, pairs: int) -> dict:
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((1, side, side, cin), np.float32))
@@ -66,15 +80,7 @@ def run_case(side: int, cin: int, cout: int, pairs: int) -> dict:
     exact = float64_conv(x, k)
     scale = float(np.abs(exact).max())
     errors = {name: float(np.abs(np.asarray(f(x, k), np.float64) - exact).max()) / scale for name, f in fns.items()}
-    for f in fns.values():
-        for _ in range(3):
-            f(x, k).block_until_ready()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(pairs):
-        for name, f in fns.items():
-            start = time.perf_counter()
-            f(x, k).block_until_ready()
-            times[name].append(time.perf_counter() - start)
+    times = alternate(fns, (x, k), pairs, warmup=3)
     ratios = [w / x_ for w, x_ in zip(times["winograd"], times["xla"], strict=True)]
     flop = 2 * side * side * 9 * cin * cout
     return {
@@ -107,14 +113,7 @@ def run_train_case(batch: int, side: int, cin: int, cout: int, pairs: int) -> di
             "dx": float(jnp.max(jnp.abs(dx - rx)) / jnp.max(jnp.abs(rx))),
             "dk": float(jnp.max(jnp.abs(dk - rk)) / jnp.max(jnp.abs(rk))),
         }
-        for _ in range(2):
-            jax.block_until_ready(f(x, k))
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(pairs):
-        for name, f in fns.items():
-            start = time.perf_counter()
-            jax.block_until_ready(f(x, k))
-            times[name].append(time.perf_counter() - start)
+    times = alternate(fns, (x, k), pairs, warmup=2)
     flop = 3 * 2 * batch * side * side * 9 * cin * cout
     return {
         "shape": {"batch": batch, "side": side, "cin": cin, "cout": cout},

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jsr.ops.conv import conv_function, fast_conv, input_grad_kernel
+from jsr.ops.conv import FAST_PATHS, conv_function, input_grad_kernel
 from jsr.ops.pool import max_pool_2x2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -26,7 +26,6 @@ VGG19_TAPS = tuple(f"relu{b + 1}_{i + 1}" for b, (n, _) in enumerate(VGG19_BLOCK
 PRE_ACTIVATION_TAPS = tuple(tap.replace("relu", "conv") for tap in VGG19_TAPS)
 # Variable collection of the kernels' input-gradient forms (``with_input_grad_kernels``); read only on FAST_PATHS.
 INPUT_GRAD_KERNELS = "input_grad_kernels"
-FAST_PATHS = ("fast", "winograd")  # the conv paths built on jsr.ops.conv.fast_conv
 
 
 def torchvision_index(tap: str) -> int:
@@ -85,9 +84,7 @@ class VGG19Features(nn.Module):
                 name = f"conv{b + 1}_{i + 1}"
                 conv = conv_function(self.conv)
                 if self.conv in FAST_PATHS and self.has_variable(INPUT_GRAD_KERNELS, name):
-                    flipped = self.get_variable(INPUT_GRAD_KERNELS, name)
-                    winograd_3x3 = self.conv == "winograd"
-                    conv = functools.partial(fast_conv, input_grad_kernel=flipped, winograd_3x3=winograd_3x3)
+                    conv = functools.partial(conv, input_grad_kernel=self.get_variable(INPUT_GRAD_KERNELS, name))
                 x = nn.Conv(
                     features, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, conv_general_dilated=conv, name=name
                 )(x)

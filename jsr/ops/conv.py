@@ -415,6 +415,7 @@ def fast_conv(
 
 
 CONV_PATHS = ("xla", "fast", "winograd")
+FAST_PATHS = ("fast", "winograd")  # the paths built on fast_conv (frozen kernels' input_grad_kernel, fast pools)
 CONFIG_CONV_CHOICES = ("auto", *CONV_PATHS)
 
 

@@ -119,8 +119,7 @@ def winograd_conv3x3(x: jnp.ndarray, kernel: jnp.ndarray, precision=None) -> jnp
     u = kernel_transform(kernel)
 
     def band(index):
-        piece = lax.dynamic_slice_in_dim(padded, index * TILE * rows, TILE * rows + 2, axis=1)
-        v = _input_transform(piece, rows, tile_cols)
+        v = _band_input_transform(padded, index, rows, tile_cols)
         m = lax.dot_general(v, u, (((2,), (1,)), ((0,), (0,))), precision=precision)  # 36 matmuls in one
         return _output_transform(m, n, rows, tile_cols)
 
@@ -165,6 +164,12 @@ def _padded_bands(x: jnp.ndarray, cout: int):
     return padded, rows, bands, tile_cols
 
 
+def _band_input_transform(padded: jnp.ndarray, index, rows: int, cols: int) -> jnp.ndarray:
+    """``_input_transform`` of band ``index`` of ``_padded_bands``' output (its rows plus the 2-pixel halo)."""
+    piece = lax.dynamic_slice_in_dim(padded, index * TILE * rows, TILE * rows + 2, axis=1)
+    return _input_transform(piece, rows, cols)
+
+
 def winograd_weight_grad3x3(x: jnp.ndarray, dy: jnp.ndarray, precision=None) -> jnp.ndarray:
     """The kernel gradient of ``winograd_conv3x3(x, kernel)`` for the output gradient ``dy``, computed in the
     Winograd domain: per band, the transformed inputs (36, tiles, Cin) times the transformed output gradients (36,
@@ -179,8 +184,7 @@ def winograd_weight_grad3x3(x: jnp.ndarray, dy: jnp.ndarray, precision=None) -> 
     )
 
     def band(index):
-        piece = lax.dynamic_slice_in_dim(padded, index * TILE * rows, TILE * rows + 2, axis=1)
-        v = _input_transform(piece, rows, tile_cols)
+        v = _band_input_transform(padded, index, rows, tile_cols)
         m = _output_transform_adjoint(
             lax.dynamic_slice_in_dim(dy, index * TILE * rows, TILE * rows, axis=1), rows, tile_cols
         )

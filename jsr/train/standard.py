@@ -17,7 +17,8 @@ import optax
 from jsr import archs, checkpoints, losses, metrics, parallel
 from jsr import data as jdata
 from jsr.models import VGG19Features
-from jsr.models.vgg import FAST_PATHS, with_input_grad_kernels
+from jsr.models.vgg import with_input_grad_kernels
+from jsr.ops.conv import FAST_PATHS
 from jsr.optim import Plateau, make_optimizer
 from jsr.spec import DISCRIMINATORS, OptimSpec, RunSpec, TrainingError, as_spec
 from jsr.train.common import init_generator_variables
