@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 DISABLE_ENV = "JSR_NO_COMPILE_CACHE"
-MIN_COMPILE_SECONDS = 0.2  # JAX's default 1 s would skip most of an upscale's and an evaluation's programs
+MIN_COMPILE_SECONDS = 0.0  # JAX's default 1 s skips the small programs that add up to seconds at every start
 
 
 def default_dir() -> Path:

@@ -19,10 +19,9 @@ class DeltaSTNMethod:
     loss_metric = "general_loss"
 
     def __init__(self, run: RunSpec, mesh, generator, train_iter):
-        template = generator.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))["params"]
-        self.stn = make_deltastn(run, generator, make_optimizer(run.optim.g, template, run.optim.trainable))
         rng = jax.random.PRNGKey(run.seed)
         variables = init_generator_variables(run, generator, rng)
+        self.stn = make_deltastn(run, generator, make_optimizer(run.optim.g, variables["params"], run.optim.trainable))
         p = run.data.patch_size or 16
         self.state = parallel.put_replicated(
             self.stn.init(rng, variables, jnp.zeros((1, p, p, 3)), train=True, mutable=["batch_stats"]), mesh

@@ -49,7 +49,8 @@ def load_perceptual_vgg(run: RunSpec) -> tuple[VGG19Features, Any]:
             raise TrainingError(f"config.loss.vgg_weights: {e}") from e
         return module, prepare(variables)
     if run.loss.allow_random_vgg:  # tests only: the loss is then meaningless but shaped right
-        return module, prepare(module.init(jax.random.PRNGKey(1), jnp.zeros((1, 32, 32, 3)), taps=(run.loss.vgg_tap,)))
+        init = jax.jit(functools.partial(module.init, taps=(run.loss.vgg_tap,)))
+        return module, prepare(init(jax.random.PRNGKey(1), jnp.zeros((1, 32, 32, 3))))
     raise TrainingError(
         "the gan stage needs VGG19 weights for its perceptual loss, and config.loss.vgg_weights is empty. Convert "
         "torchvision's vgg19-dcbb9e9d.pth once with `python tools/convert_torch_weights.py --model vgg19 --input "
@@ -69,27 +70,30 @@ def build_discriminator(run: RunSpec):
     return archs.get(DISCRIMINATORS[spec.arch]).build({"num_in_ch": 3, "num_feat": spec.n_feats} | common)
 
 
-def initial_state(run: RunSpec, generator, discriminator, tx_g, tx_d) -> TrainState:
+def initial_state(run: RunSpec, generator, discriminator, tx_d) -> tuple[TrainState, optax.GradientTransformation]:
+    """The state at step 0 and the generator's optimizer (labelled by the initial parameters' tree)."""
     rng = jax.random.PRNGKey(run.seed)
     rng, g_key, d_key = jax.random.split(rng, 3)
     g_vars = init_generator_variables(run, generator, g_key)
+    tx_g = make_optimizer(run.optim.g, g_vars["params"], run.optim.trainable)
     d_params, d_stats, d_opt = {}, {}, {}
     if discriminator is not None:
         side = getattr(discriminator, "patch_size", 32)  # the U-Net takes any multiple of 8
-        d_vars = discriminator.init(d_key, jnp.zeros((1, side, side, 3)))
+        d_vars = jax.jit(discriminator.init)(d_key, jnp.zeros((1, side, side, 3)))
         d_params, d_stats = d_vars["params"], d_vars["batch_stats"]
-        d_opt = tx_d.init(d_params)
-    return TrainState(
+        d_opt = jax.jit(tx_d.init)(d_params)
+    state = TrainState(
         step=jnp.zeros((), jnp.int32),
         rng=rng,
         g_params=g_vars["params"],
         g_batch_stats=g_vars.get("batch_stats", {}),
-        g_opt_state=tx_g.init(g_vars["params"]),
+        g_opt_state=jax.jit(tx_g.init)(g_vars["params"]),
         d_params=d_params,
         d_batch_stats=d_stats,
         d_opt_state=d_opt,
         learning_rate_scale=jnp.ones((), jnp.float32),
     )
+    return state, tx_g
 
 
 # ------------------------------------------------------------------------------------------------ steps
@@ -237,13 +241,12 @@ def build_standard(run, generator) -> StandardParts:
     run = as_spec(run)
     discriminator = build_discriminator(run) if run.discriminator is not None else None
     vgg_module, vgg_vars = load_perceptual_vgg(run) if run.uses_vgg else (None, None)
-    template = generator.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))["params"]
-    tx_g = make_optimizer(run.optim.g, template, run.optim.trainable)
     tx_d = make_optimizer(run.optim.d, None) if discriminator is not None else None
+    state, tx_g = initial_state(run, generator, discriminator, tx_d)
     train_step, d_only_step = make_steps(run, generator, discriminator, vgg_module, tx_g, tx_d)
     return StandardParts(
         discriminator=discriminator,
-        state=initial_state(run, generator, discriminator, tx_g, tx_d),
+        state=state,
         frozen={"vgg": vgg_vars} if vgg_module is not None else {},
         train_step=train_step,
         d_only_step=d_only_step,
