@@ -4,7 +4,8 @@
 
 Cases: `jsr-upscale` of one 128x128 photo; the quickstart trained for 1 step (MSE, whole command: start, compile,
 one step, validation, checkpoint, exit); the same with the GAN stage (random VGG19, `loss.allow_random_vgg`).
-Cold: a new empty cache folder per run (`JAX_COMPILATION_CACHE_DIR`); warm: a folder the first run filled.
+Cold: a new empty cache folder per run (`JAX_COMPILATION_CACHE_DIR`); warm: a folder the first run filled. For the
+training cases also the time from launch to the first step's progress line ("step 1/1 | ...").
 """
 
 from __future__ import annotations
@@ -60,42 +61,63 @@ def commands(tmp: Path) -> dict[str, list[str]]:
     }
 
 
-def timed(cmd: list[str], cache: Path, out: Path) -> float:
-    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(cache)}
+FIRST_STEP_LINE = "step 1/"  # the trainer's progress line after its first step (1-step runs log at step 1)
+
+
+def timed(cmd: list[str], cache: Path, out: Path) -> tuple[float, float | None]:
+    """(whole command, launch -> the first training step's progress line or None) in seconds."""
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(cache), "PYTHONUNBUFFERED": "1"}
     env.pop("JSR_NO_COMPILE_CACHE", None)
     out.mkdir(parents=True, exist_ok=True)
+    first_step = None
     start = time.perf_counter()
-    done = subprocess.run([c.replace("{out}", str(out)) for c in cmd], capture_output=True, text=True, env=env)
+    with subprocess.Popen(
+        [c.replace("{out}", str(out)) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    ) as proc:
+        for line in proc.stdout:
+            if first_step is None and line.startswith(FIRST_STEP_LINE):
+                first_step = time.perf_counter() - start
+        stderr = proc.stderr.read()
     seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"{cmd[:3]} failed:\n{done.stderr[-3000:]}")
-    return seconds
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[:3]} failed:\n{stderr[-3000:]}")
+    return seconds, first_step
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--cases", default="upscale_128,quickstart_1_step,gan_1_step", help="comma-separated")
     args = p.parse_args(argv)
     report = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for name, cmd in commands(tmp).items():
+        every = commands(tmp)
+        wanted = args.cases.split(",")
+        if unknown := sorted(set(wanted) - set(every)):
+            p.error(f"unknown --cases {unknown}; choose from {sorted(every)}")
+        for name in wanted:
+            cmd = every[name]
             warm_cache = tmp / f"warm-{name}"
             timed(cmd, warm_cache, tmp / f"fill-{name}")  # fills the warm cache
-            cold, warm = [], []
+            runs = {"cold": [], "warm": []}
             for k in range(args.runs):  # interleaved, so drift hits both alike
-                cold.append(timed(cmd, tmp / f"cold-{name}-{k}", tmp / f"c-{name}-{k}"))
-                warm.append(timed(cmd, warm_cache, tmp / f"w-{name}-{k}"))
-            report[name] = {
-                "cold_s": cold,
-                "warm_s": warm,
-                "cold_median_s": statistics.median(cold),
-                "warm_median_s": statistics.median(warm),
-            }
-            print(
-                f"{name:20s} cold {statistics.median(cold):6.2f} s   warm {statistics.median(warm):6.2f} s", flush=True
-            )
+                runs["cold"].append(timed(cmd, tmp / f"cold-{name}-{k}", tmp / f"c-{name}-{k}"))
+                runs["warm"].append(timed(cmd, warm_cache, tmp / f"w-{name}-{k}"))
+            report[name] = {}
+            for kind, times in runs.items():
+                report[name][f"{kind}_s"] = [whole for whole, _ in times]
+                report[name][f"{kind}_median_s"] = statistics.median(whole for whole, _ in times)
+                if all(first is not None for _, first in times):
+                    report[name][f"{kind}_first_step_s"] = [first for _, first in times]
+                    report[name][f"{kind}_first_step_median_s"] = statistics.median(first for _, first in times)
+            r = report[name]
+            line = f"{name:20s} cold {r['cold_median_s']:6.2f} s   warm {r['warm_median_s']:6.2f} s"
+            if "warm_first_step_median_s" in r:
+                cold_first, warm_first = r["cold_first_step_median_s"], r["warm_first_step_median_s"]
+                line += f"   first step: cold {cold_first:6.2f} s, warm {warm_first:6.2f} s"
+            print(line, flush=True)
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     return report

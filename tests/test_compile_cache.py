@@ -1,14 +1,18 @@
 """The persistent compilation cache every jsr command turns on: written on the first run, read on the second (the
-same outputs), off with --no-compile-cache, and a cache folder that cannot be made is a warning, not a failure."""
+same outputs), off with --no-compile-cache, and a cache folder that cannot be made is a warning, not a failure. The
+trainer's traced programs (jsr.traced_cache) live beside it, under the same rules."""
 
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from helpers import make_generator_dir
 from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -58,3 +62,38 @@ def test_unusable_cache_folder_is_a_warning(tmp_path, weights):
     result = upscale(blocker, weights, photo, tmp_path / "out.png")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "warning: compilation cache off" in result.stderr and (tmp_path / "out.png").is_file()
+
+
+def train(cache_home, workdir, *extra, steps=2):
+    env = {k: v for k, v in os.environ.items() if k not in ("JSR_NO_COMPILE_CACHE", "JAX_COMPILATION_CACHE_DIR")}
+    env["XDG_CACHE_HOME"] = str(cache_home)
+    cmd = [sys.executable, "-m", "jsr.train", "--config=configs/quickstart.py:tiny", f"--workdir={workdir}"]
+    cmd += [f"--config.num_train_steps={steps}", "--config.num_devices=1", *extra]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return (workdir / "metrics.jsonl").read_text()
+
+
+@pytest.mark.slow
+def test_trainer_keeps_traced_programs_and_trains_the_same(tmp_path):
+    home = tmp_path / "home"
+    traced = home / "jsr" / "xla" / "traced"
+    first = train(home, tmp_path / "a")
+    programs = {p.name: p.read_bytes() for p in traced.iterdir()}
+    files = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in traced.iterdir()}
+    assert any(name.startswith("train_step-") for name in programs) and any(n.startswith("init-") for n in programs)
+
+    # read back, not traced again: nothing new written, the same metrics to the last bit
+    assert train(home, tmp_path / "b") == first
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in traced.iterdir()} == files  # none rewritten
+    # the same as a run that traces and compiles everything afresh
+    assert train(tmp_path / "off", tmp_path / "c", "--no-compile-cache") == first
+    assert not (tmp_path / "off" / "jsr").exists()
+
+    # a damaged program is traced again and rewritten; another config is another program
+    step_file = next(p for p in traced.iterdir() if p.name.startswith("train_step-"))
+    step_file.write_bytes(programs[step_file.name][:100])
+    assert train(home, tmp_path / "d") == first
+    assert step_file.read_bytes() == programs[step_file.name]
+    train(home, tmp_path / "e", "--config.optim.g.learning_rate=0.01")
+    assert len([p for p in traced.iterdir() if p.name.startswith("train_step-")]) == 2
