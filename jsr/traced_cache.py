@@ -66,6 +66,9 @@ class _DiskTraced:
         self.fn, self.jitted, self.folder, self.key, self.donate = fn, jitted, folder, key, donate
         self.programs: dict = {}  # argument signature -> (flat jitted program, output treedef)
 
+    def __getattr__(self, name: str):  # .lower, .trace, .eval_shape, ...: those of the plain jit
+        return getattr(self.jitted, name)
+
     def __call__(self, *args):
         leaves, in_tree = jax.tree.flatten(args)
         signature = (in_tree, tuple((x.shape, str(x.dtype), str(getattr(x, "sharding", None))) for x in leaves))

@@ -5,6 +5,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -53,3 +55,12 @@ def test_winograd_benchmark_measures_both_and_their_errors():
 
 def test_trainer_loop_measures_the_real_iterator():
     assert load_run("trainer_loop").main(["--batch", "4", "--steps", "20"]) > 0
+
+
+@pytest.mark.slow
+def test_bn_prelu_benchmark_times_three_blocks_and_checks_the_fused_one():
+    shape = ["--batch", "2", "--patch", "12", "--n_feats", "16", "--num_blocks", "2"]
+    report = load_run("bn_prelu").main(["--pairs", "1", *shape])
+    assert set(report["median_ms"]) == {"flax", "fused", "none"} and min(report["median_ms"].values()) > 0
+    error = report["fused_relative_error"]
+    assert error["output"] < 1e-5 and error["batch_stats"] < 1e-5 and 0 < error["gradient"] < 1e-3
