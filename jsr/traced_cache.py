@@ -71,6 +71,8 @@ class _DiskTraced:
 
     def __call__(self, *args):
         leaves, in_tree = jax.tree.flatten(args)
+        if not all(hasattr(x, "shape") and hasattr(x, "dtype") for x in leaves):  # Python scalars: plain jit
+            return self.jitted(*args)
         signature = (in_tree, tuple((x.shape, str(x.dtype), str(getattr(x, "sharding", None))) for x in leaves))
         if signature not in self.programs:
             self.programs[signature] = self._program(args, leaves, in_tree, signature)
