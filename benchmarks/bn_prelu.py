@@ -15,9 +15,9 @@ all compiled in this one process and timed alternately (per-pair ratios are robu
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -26,10 +26,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run as bench  # noqa: E402  (benchmarks/run.py: the train step and its batch)
+from jsr.models import srresnet
 
-from jsr.models import srresnet  # noqa: E402
+
+def _load_run():
+    """benchmarks/run.py (the train step and its batch), loaded by path: no sys.path entry that would shadow the
+    tests' modules of the same names (torch_reference) in a pytest process."""
+    spec = importlib.util.spec_from_file_location("jsr_benchmarks_run", Path(__file__).resolve().parent / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load_run()
 
 AXES = (0, 1, 2)
 
