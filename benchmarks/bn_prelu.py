@@ -15,10 +15,10 @@ all compiled in this one process and timed alternately (per-pair ratios are robu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import statistics
-import time
 from pathlib import Path
 
 import flax.linen as nn
@@ -29,16 +29,19 @@ import numpy as np
 from jsr.models import srresnet
 
 
-def _load_run():
-    """benchmarks/run.py (the train step and its batch), loaded by path: no sys.path entry that would shadow the
-    tests' modules of the same names (torch_reference) in a pytest process."""
-    spec = importlib.util.spec_from_file_location("jsr_benchmarks_run", Path(__file__).resolve().parent / "run.py")
+def _load_benchmark(name: str):
+    """benchmarks/NAME.py loaded by path: no sys.path entry that would shadow the tests' modules of the same names
+    (torch_reference) in a pytest process."""
+    spec = importlib.util.spec_from_file_location(
+        f"jsr_benchmarks_{name}", Path(__file__).resolve().parent / f"{name}.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-bench = _load_run()
+bench = _load_benchmark("run")  # the train step and its batch
+alternate = _load_benchmark("winograd").alternate  # the alternating timer
 
 AXES = (0, 1, 2)
 
@@ -115,14 +118,21 @@ class NoNormBlock(srresnet.ResidualBlock):
         return x + srresnet._MaskedConv(self.n_feats, 3, self.dtype, self.conv, name="conv2")(y, mask)
 
 
-def build(block, args):
-    """The compiled train step with ``block`` as the residual block (the generator looks it up when traced)."""
-    original = srresnet.ResidualBlock
-    srresnet.ResidualBlock = block
+@contextlib.contextmanager
+def residual_block(block):
+    """SRResNet built with ``block`` as its residual block inside the ``with`` (the generator looks it up when
+    traced)."""
+    original, srresnet.ResidualBlock = srresnet.ResidualBlock, block
     try:
-        return bench.jsr_train("train_mse", args)[0]
+        yield
     finally:
         srresnet.ResidualBlock = original
+
+
+def build(block, args):
+    """The compiled train step with ``block`` as the residual block."""
+    with residual_block(block):
+        return bench.jsr_train("train_mse", args)[0]
 
 
 def fused_error(args) -> dict:
@@ -136,19 +146,16 @@ def fused_error(args) -> dict:
     target = jnp.asarray(rng.uniform(-1, 1, (args.batch, 4 * args.patch, 4 * args.patch, 3)), jnp.float32)
     variables = generator.init(jax.random.PRNGKey(0), lr[:1])
     results = []
+
+    def loss(params):
+        v = {"params": params, "batch_stats": variables["batch_stats"]}
+        sr, updates = generator.apply(v, lr, train=True, mutable=["batch_stats"])
+        return jnp.mean((sr - target) ** 2), (sr, updates["batch_stats"])
+
     for block in (srresnet.ResidualBlock, FusedBlock):
-        original, srresnet.ResidualBlock = srresnet.ResidualBlock, block
-        try:
-
-            def loss(params):
-                v = {"params": params, "batch_stats": variables["batch_stats"]}
-                sr, updates = generator.apply(v, lr, train=True, mutable=["batch_stats"])
-                return jnp.mean((sr - target) ** 2), (sr, updates["batch_stats"])
-
+        with residual_block(block):  # a fresh jit per block: each traces the generator with its own block
             grads, (sr, stats) = jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
-            results.append({"output": sr, "batch_stats": stats, "gradient": grads})
-        finally:
-            srresnet.ResidualBlock = original
+        results.append({"output": sr, "batch_stats": stats, "gradient": grads})
 
     def relative(a, b):
         pairs = list(zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
@@ -174,14 +181,7 @@ def main(argv=None) -> dict:
     error = fused_error(step_args)
     steps = {name: build(block, step_args) for name, block in (("flax", srresnet.ResidualBlock), ("fused", FusedBlock))}
     steps["none"] = build(NoNormBlock, step_args)
-    for step in steps.values():
-        step()
-    times = {name: [] for name in steps}
-    for _ in range(args.pairs):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
+    times = alternate(steps, (), args.pairs, warmup=1)
     report = {
         "machine": bench.machine_name(),
         "jax": jax.__version__,

@@ -22,9 +22,14 @@ def weights(tmp_path_factory):
     return directory
 
 
-def upscale(cache_home, weights, photo, out, *extra):
+def cache_env(cache_home):
+    """This environment with the cache on, in ``cache_home``/jsr/xla (the suite turns it off for itself)."""
     env = {k: v for k, v in os.environ.items() if k not in ("JSR_NO_COMPILE_CACHE", "JAX_COMPILATION_CACHE_DIR")}
-    env["XDG_CACHE_HOME"] = str(cache_home)
+    return env | {"XDG_CACHE_HOME": str(cache_home)}
+
+
+def upscale(cache_home, weights, photo, out, *extra):
+    env = cache_env(cache_home)
     cmd = [sys.executable, "-m", "jsr.upscale", "--weights", weights, "--input", photo, "--output", out, *extra]
     return subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=300, env=env)
 
@@ -65,8 +70,7 @@ def test_unusable_cache_folder_is_a_warning(tmp_path, weights):
 
 
 def train(cache_home, workdir, *extra, steps=2):
-    env = {k: v for k, v in os.environ.items() if k not in ("JSR_NO_COMPILE_CACHE", "JAX_COMPILATION_CACHE_DIR")}
-    env["XDG_CACHE_HOME"] = str(cache_home)
+    env = cache_env(cache_home)
     cmd = [sys.executable, "-m", "jsr.train", "--config=configs/quickstart.py:tiny", f"--workdir={workdir}"]
     cmd += [f"--config.num_train_steps={steps}", "--config.num_devices=1", *extra]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)

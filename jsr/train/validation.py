@@ -43,6 +43,9 @@ class Validator:
         self.baseline: tuple[float, float] | None = None
 
     def _score_bicubic(self) -> None:
+        """``bicubic`` and ``baseline``, made once, at the first validation."""
+        if self.baseline is not None:
+            return
         sizes = [hr.shape[:2] for hr in self.hr_uint8]
         bicubic = baseline("bicubic").produce(self.ids, self.lr_uint8, sizes)
         self.bicubic = [b.astype(np.float32) / 255 for b in bicubic]
@@ -68,8 +71,7 @@ class Validator:
     def __call__(self, variables: dict) -> tuple[dict[str, float], list[np.ndarray]]:
         """Scores of the generator with ``variables`` (replicated, possibly multi-process arrays)."""
         variables = parallel.local_copy(variables)
-        if self.baseline is None:
-            self._score_bicubic()
+        self._score_bicubic()
         if self.upscaler is None:
             # the path jsr-evaluate runs a saved model with: XLA's convolutions (Winograd differs by ~1e-5)
             self.upscaler = Upscaler(self.generator, variables, mesh=self.mesh, conv="xla")
@@ -90,8 +92,7 @@ class Validator:
     def image_grid(self, outputs: list[np.ndarray], count: int) -> np.ndarray | None:
         """LR (nearest) | bicubic | SR | HR rows for the first ``count`` images (of this process's share) of equal
         size to the first."""
-        if self.bicubic is None:
-            self._score_bicubic()
+        self._score_bicubic()
         rows = []
         for i, sr in list(zip(self.share, outputs, strict=True))[:count]:
             lr, bic, hr = self.lr[i], self.bicubic[i], self.hr[i]
