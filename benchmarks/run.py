@@ -137,6 +137,7 @@ def jsr_config(case: str, args):
     c.batch_size = args.batch
     c.compute_dtype = args.dtype
     c.model.conv = args.conv
+    c.cpu_onednn = "on" if args.cpu_onednn else "off"  # main() has set the flags (or not) already
     c.loss.allow_random_vgg = True  # timing needs no real VGG weights
     return c
 
@@ -361,6 +362,7 @@ def versions(torch_versions: dict | None, args) -> dict:
         "jax_backend": jax.default_backend(),
         "jax_devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
         "jsr_conv": args.conv,
+        "jsr_cpu_onednn": args.cpu_onednn,
         "dtype": args.dtype,
     }
     if torch_versions:
@@ -378,7 +380,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--conv",
         default="auto",
-        choices=["auto", "xla", "fast", "winograd"],
+        choices=["auto", "xla", "fast", "winograd", "onednn"],
         help="jsr's convolution path (config.model.conv)",
     )
     p.add_argument(
@@ -392,6 +394,12 @@ def parse_args(argv=None):
         help="alternate jsr and torch runs of each case this many times (medians over all)",
     )
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype (torch: AMP)")
+    p.add_argument(
+        "--cpu-onednn",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="oneDNN's CPU convolutions (config.cpu_onednn; 'auto': bfloat16 on a CPU with bf16 dot instructions)",
+    )
     p.add_argument("--torch-python", help="a Python that imports torch (default: /tmp/v311/bin/python, python3.11)")
     p.add_argument("--torch-device", default="cpu", help="cpu | cuda")
     p.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads (0 = PyTorch's default)")
@@ -436,11 +444,15 @@ def main(argv=None) -> dict:
     torch_python = None if args.no_torch else find_torch_python(args.torch_python)
     if not args.no_torch and torch_python is None:
         raise SystemExit("no Python with torch found: pass --torch-python or --no-torch")
+    from jsr import onednn
+
+    args.cpu_onednn = onednn.configure(args.cpu_onednn, args.dtype)  # as training does, before JAX starts
     import jax
 
     from jsr.ops.conv import resolve_conv
 
-    args.conv = resolve_conv(args.conv, jax.default_backend())  # what training would use on this backend
+    library_convs = args.cpu_onednn and args.dtype == "bfloat16"
+    args.conv = resolve_conv(args.conv, jax.default_backend(), library_convs=library_convs)  # as training would
     kind, peak = device_peak(args.dtype)
     on_accelerator = jax.default_backend() != "cpu"
     load_before = os.getloadavg()

@@ -118,6 +118,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.init_from = ""  # a converted model directory or a training workdir: the generator starts from it
     c.num_devices = 0  # devices of this process to use (0 = all); multi-host runs use all
     c.compute_dtype = "float32"  # 'bfloat16' on GPU/TPU: parameters stay float32
+    # oneDNN's CPU convolutions (jsr.onednn; model.conv 'auto' is then 'onednn'): 'auto' = for compute_dtype
+    # 'bfloat16' on a CPU with AVX512_BF16 or AMX-BF16, 'on', 'off'
+    c.cpu_onednn = "auto"
     c.distributed = ml_collections.ConfigDict(
         {"enabled": False, "coordinator_address": "", "num_processes": 0, "process_id": -1}
     )
@@ -125,8 +128,9 @@ def base_config() -> ml_collections.ConfigDict:
     # frozen VGG19 in 'fast' and 'winograd' use Winograd F(4x4, 3x3) on CPU, ~1e-5): 'fast' = jsr.ops.conv's
     # weight gradients (reverse mode only, so not Delta-STN), 'winograd' = 'fast' with the float32 3x3 convs'
     # forward, input and kernel gradients by Winograd F(4x4, 3x3) (jsr.ops.winograd, equal to ~1e-5; the fastest
-    # MSE step of 64-channel models on a CPU, longer to compile; the SRGAN discriminator keeps 'fast'), 'xla' =
-    # XLA's own; 'auto' = 'fast' on CPU unless Delta-STN is on, 'xla' on GPU/TPU
+    # MSE step of 64-channel models on a CPU, longer to compile; the SRGAN discriminator keeps 'fast'), 'onednn' =
+    # 'fast' in the forms oneDNN runs fastest (see cpu_onednn), 'xla' = XLA's own; 'auto' = 'fast' on CPU ('onednn'
+    # when cpu_onednn is on for a bfloat16 run) unless Delta-STN is on, 'xla' on GPU/TPU
     # arch: '' = the architecture of init_from (any registered one, with its own constructor arguments), or
     # srresnet built from n_feats / num_blocks / bicubic_skip when training from scratch
     # options: constructor arguments of another architecture trained from scratch (arch='rrdbnet', ...)

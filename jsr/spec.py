@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jsr import archs, checkpoints
+from jsr import archs, checkpoints, onednn
 from jsr.errors import RunFailure, UserError
 from jsr.ops.conv import resolve_conv
 
@@ -151,6 +151,7 @@ class RunSpec:
     init_from: str
     num_devices: int
     distributed: DistributedSpec
+    cpu_onednn: bool  # XLA hands this process's CPU convolutions to oneDNN (jsr.onednn)
     model: ModelSpec
     discriminator: DiscriminatorSpec | None  # None: no adversarial loss
     loss: LossSpec
@@ -194,6 +195,10 @@ def _resolve(config: ml_collections.ConfigDict) -> RunSpec:
         raise TrainingError(f"config.optim.d_passes={config.optim.d_passes!r}: choose from {D_PASSES}")
     if config.compute_dtype not in COMPUTE_DTYPES:
         raise TrainingError(f"config.compute_dtype {config.compute_dtype!r}: choose from {sorted(COMPUTE_DTYPES)}")
+    try:  # before anything starts JAX's backend, which reads the flags once
+        cpu_onednn = onednn.configure(config.cpu_onednn, config.compute_dtype)
+    except ValueError as e:
+        raise TrainingError(f"config.{e}") from None
     deltastn = _fields(
         DeltaSTNSpec,
         config.deltastn,
@@ -230,6 +235,7 @@ def _resolve(config: ml_collections.ConfigDict) -> RunSpec:
             )
         },
         distributed=distributed_spec(config),
+        cpu_onednn=cpu_onednn,
         model=_model(config, deltastn.enabled),
         discriminator=_discriminator(config, deltastn.enabled),
         loss=_fields(LossSpec, config.loss),
@@ -267,7 +273,8 @@ def _conv(config: ml_collections.ConfigDict, forward_mode: bool, arch_name: str)
     """config.model.conv resolved for this backend and method; 'winograd' is 'fast' for a discriminator whose
     ``cpu_winograd`` is off (the SRGAN discriminator's trained convs ran slower by Winograd)."""
     try:
-        conv = resolve_conv(config.model.conv, jax.default_backend(), forward_mode)
+        library_convs = onednn.active() and config.compute_dtype == "bfloat16"
+        conv = resolve_conv(config.model.conv, jax.default_backend(), forward_mode, library_convs)
     except ValueError as e:
         raise TrainingError(f"config.model.{e}") from e
     arch = archs.get(arch_name)

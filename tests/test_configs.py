@@ -101,6 +101,12 @@ def test_conv_auto_is_fast_on_cpu_and_xla_for_deltastn_and_accelerators(repo_roo
     assert resolve(load_config_file(repo_root / "configs" / "quickstart.py")).model.conv == "fast"  # tests run on CPU
     assert resolve(load_config_file(repo_root / "configs" / "quickstart_deltastn.py")).model.conv == "xla"
     assert resolve_conv("auto", "gpu") == "xla" and resolve_conv("fast", "gpu") == "fast"
+    # oneDNN taking a bfloat16 run's CPU convolutions: 'auto' is its path on a CPU only, never in forward mode
+    assert resolve_conv("auto", "cpu", library_convs=True) == "onednn"
+    assert resolve_conv("auto", "gpu", library_convs=True) == "xla"
+    assert resolve_conv("auto", "cpu", needs_forward_mode=True, library_convs=True) == "xla"
+    with pytest.raises(ValueError, match="conv='onednn' is a CPU path"):
+        resolve_conv("onednn", "gpu")
     config = load_config_file(repo_root / "configs" / "quickstart.py", "tiny")
     config.model.conv = "fft"
     with pytest.raises(TrainingError, match=r"config\.model\.conv='fft': choose from"):

@@ -56,6 +56,24 @@ def test_fast_conv_equals_lax_forward_and_gradients(formulation, k, stride, pad)
         np.testing.assert_allclose(g, r, **TOL)
 
 
+@pytest.mark.parametrize("k,stride,pad", CASES)
+def test_onednn_path_equals_lax_and_convolves_with_the_flipped_kernel(k, stride, pad):
+    """conv='onednn': XLA's weight gradient and, for stride 1, the input gradient as a plain convolution with
+    input_grad_kernel(w) (the form oneDNN runs fastest); values and gradients equal lax's."""
+    x, w = data(k)
+    onednn = lambda x, w: conv_function("onednn")(x, w, (stride, stride), pad, dimension_numbers=NHWC)  # noqa: E731
+    ref = lambda x, w: plain(x, w, stride, pad)  # noqa: E731
+    loss = lambda conv, x, w: jnp.sum(jnp.sin(conv(x, w)))  # noqa: E731
+    np.testing.assert_allclose(jax.jit(onednn)(x, w), ref(x, w), **TOL)
+    got = jax.jit(jax.grad(lambda x, w: loss(onednn, x, w), argnums=(0, 1)))(x, w)
+    want = jax.grad(lambda x, w: loss(ref, x, w), argnums=(0, 1))(x, w)
+    for g, r in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, r, **TOL)
+    backward = str(jax.make_jaxpr(jax.grad(lambda x: loss(onednn, x, w)))(x))
+    # stride 1: the input gradient is a forward conv with the flipped kernel (XLA's own transposes have lhs dilation)
+    assert ("rev[" in backward) == (stride == 1)
+
+
 @pytest.mark.parametrize(
     "side,k,stride,pad",
     [
@@ -185,8 +203,8 @@ def test_flax_conv_with_fast_conv_keeps_parameters_and_values():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **TOL), grad(fast), grad(plain_conv))
 
 
-def _compare_models(make, x, train_kwargs):
-    ref_model, fast_model = make("xla"), make("fast")
+def _compare_models(make, x, train_kwargs, path="fast"):
+    ref_model, fast_model = make("xla"), make(path)
     variables = jax.jit(ref_model.init)(jax.random.PRNGKey(0), x)  # jitted: eager init compiles op by op
     jaxpr = str(jax.make_jaxpr(lambda v: fast_model.apply(v, x, mutable=["batch_stats"], **train_kwargs))(variables))
     assert "custom_vjp" in jaxpr
@@ -215,14 +233,16 @@ def _compare_models(make, x, train_kwargs):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **TOL), u_fast, u_ref)
 
 
-def test_generator_fast_equals_xla():
+@pytest.mark.parametrize("path", ["fast", "onednn"])
+def test_generator_fast_equals_xla(path):
     x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 10, 10, 3)).astype(np.float32))
-    _compare_models(lambda conv: Generator(n_feats=8, num_blocks=2, conv=conv), x, {"train": True})
+    _compare_models(lambda conv: Generator(n_feats=8, num_blocks=2, conv=conv), x, {"train": True}, path)
 
 
-def test_discriminator_fast_equals_xla():
+@pytest.mark.parametrize("path", ["fast", "onednn"])
+def test_discriminator_fast_equals_xla(path):
     x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32))
-    _compare_models(lambda conv: Discriminator(patch_size=32, n_feats=8, conv=conv), x, {"train": True})
+    _compare_models(lambda conv: Discriminator(patch_size=32, n_feats=8, conv=conv), x, {"train": True}, path)
 
 
 def test_vgg_fast_equals_xla_down_to_2x2_maps_values_and_input_gradient():

@@ -268,10 +268,16 @@ def input_grad_phases(dy, kernel, x_shape, strides, padding, precision=None):
 
 @functools.cache
 def _custom_conv(
-    strides: tuple[int, int], padding: tuple[tuple[int, int], ...], precision, weight_grad: str, by_winograd: bool
+    strides: tuple[int, int],
+    padding: tuple[tuple[int, int], ...],
+    precision,
+    weight_grad: str,
+    by_winograd: bool,
+    flipped_input_grad: bool = False,
 ):
     """``conv(x, k, cache)``: the convolution with the chosen weight gradient. ``cache`` is ``()`` or, for a frozen
-    kernel of a stride-1 conv, ``(input_grad_kernel(k),)``, which the input gradient then convolves with.
+    kernel of a stride-1 conv, ``(input_grad_kernel(k),)``, which the input gradient then convolves with; with
+    ``flipped_input_grad`` a trained stride-1 kernel's input gradient convolves with ``input_grad_kernel(k)`` too.
     ``by_winograd`` (3x3 'SAME' stride-1 convs only): by Winograd F(4x4, 3x3), ``jsr.ops.winograd``, the forward,
     the input gradient (the same kind of conv, with the flipped kernel) and, for a trained kernel (no cache), the
     kernel gradient (in the Winograd domain)."""
@@ -294,12 +300,13 @@ def _custom_conv(
         dy = dy.astype(x.dtype)
         if by_winograd:
             dx = winograd.conv3x3(dy, cache[0] if cache else input_grad_kernel(k), precision=precision)
-        elif cache:
+        elif cache or (flipped_input_grad and strides == (1, 1)):
             (kh, kw), ((pt, pb), (pl, pr)) = k.shape[:2], padding
             flipped_pads = ((kh - 1 - pt, kh - 1 - pb), (kw - 1 - pl, kw - 1 - pr))
             dx = lax.conv_general_dilated(
-                dy, cache[0], (1, 1), flipped_pads, dimension_numbers=NHWC, precision=precision
-            )
+                dy, cache[0] if cache else input_grad_kernel(k), (1, 1), flipped_pads, dimension_numbers=NHWC,
+                precision=precision,
+            )  # fmt: skip
         elif strides == (1, 1):
             _, vjp_x = jax.vjp(lambda x_: plain(x_, k), x)  # XLA's input gradient
             (dx,) = vjp_x(dy)
@@ -362,6 +369,7 @@ def fast_conv(
     weight_grad: str = DEFAULT_WEIGHT_GRAD,
     input_grad_kernel=None,
     winograd_3x3: bool = False,
+    flipped_input_grad: bool = False,
 ):
     """``lax.conv_general_dilated`` with the kernel gradient computed by ``WEIGHT_GRADS[weight_grad]`` (or, for at
     most ``SMALL_CONV_PIXELS`` output pixels, the whole convolution as im2col + one matmul).
@@ -373,7 +381,10 @@ def fast_conv(
 
     ``winograd_3x3``: the float32 3x3 'SAME' stride-1 convs that ``jsr.ops.winograd.applies`` accepts run forward,
     input gradient and kernel gradient by Winograd F(4x4, 3x3) (a quarter of the multiplications; equal to ~1e-5 of
-    the output's scale); the others as without it."""
+    the output's scale); the others as without it.
+
+    ``flipped_input_grad``: a trained stride-1 kernel's input gradient is a plain convolution with
+    ``input_grad_kernel(rhs)`` rather than XLA's transposed form (which oneDNN runs 2-3x slower)."""
     plain_call = functools.partial(
         lax.conv_general_dilated,
         lhs,
@@ -392,7 +403,7 @@ def fast_conv(
         lhs, dimension_numbers, lhs_dilation, rhs_dilation, feature_group_count, batch_group_count,
         preferred_element_type,
     )  # fmt: skip
-    if weight_grad == "xla" or not plain or jnp.result_type(lhs) != jnp.result_type(rhs):
+    if (weight_grad == "xla" and not flipped_input_grad) or not plain or jnp.result_type(lhs) != jnp.result_type(rhs):
         return plain_call()
     strides = tuple(int(s) for s in window_strides)
     pads = explicit_padding(padding, jnp.shape(lhs), jnp.shape(rhs), strides)
@@ -411,38 +422,47 @@ def fast_conv(
         # a frozen kernel (the perceptual loss's VGG19) by Winograd on a CPU, on the 'fast' path too
         frozen_winograd = jax.default_backend() == "cpu"
         return _custom_conv(strides, pads, precision, weight_grad, frozen_winograd and pays)(lhs, rhs, cache)
-    return _custom_conv(strides, pads, precision, weight_grad, winograd_3x3 and pays)(lhs, rhs, ())
+    by_winograd = winograd_3x3 and pays
+    return _custom_conv(strides, pads, precision, weight_grad, by_winograd, flipped_input_grad)(lhs, rhs, ())
 
 
-CONV_PATHS = ("xla", "fast", "winograd")
-FAST_PATHS = ("fast", "winograd")  # the paths built on fast_conv (frozen kernels' input_grad_kernel, fast pools)
+CONV_PATHS = ("xla", "fast", "winograd", "onednn")
+FAST_PATHS = ("fast", "winograd", "onednn")  # built on fast_conv (frozen kernels' input_grad_kernel, fast pools)
 CONFIG_CONV_CHOICES = ("auto", *CONV_PATHS)
 
 
 def conv_function(path: str):
     """The ``conv_general_dilated`` to give ``nn.Conv`` for a model's ``conv`` switch: None (Flax's default,
     ``lax.conv_general_dilated``) for 'xla', ``fast_conv`` for 'fast', ``fast_conv`` with Winograd F(4x4, 3x3) for
-    its 3x3 convs (forward and both gradients) for 'winograd'."""
+    its 3x3 convs (forward and both gradients) for 'winograd', and for 'onednn' (XLA's convolutions handed to
+    oneDNN, ``jsr.onednn``) ``fast_conv`` with XLA's weight gradient and plain flipped-kernel input gradients:
+    the forms oneDNN runs fastest."""
     if path not in CONV_PATHS:
         raise ValueError(f"conv={path!r}: choose from {CONV_PATHS}")
     if path == "winograd":
         return _winograd_fast_conv
+    if path == "onednn":
+        return _onednn_fast_conv
     return None if path == "xla" else fast_conv
 
 
 _winograd_fast_conv = functools.partial(fast_conv, winograd_3x3=True)
+_onednn_fast_conv = functools.partial(fast_conv, weight_grad="xla", flipped_input_grad=True)
 
 
-def resolve_conv(choice: str, backend: str, needs_forward_mode: bool = False) -> str:
-    """A config's ``model.conv`` ('auto', 'xla', 'fast' or 'winograd') as the path to build: 'auto' is 'fast' on
-    CPU, where its weight gradients were measured faster (benchmarks/), and 'xla' on GPU/TPU, whose own kernels
+def resolve_conv(choice: str, backend: str, needs_forward_mode: bool = False, library_convs: bool = False) -> str:
+    """A config's ``model.conv`` ('auto', 'xla', 'fast', 'winograd' or 'onednn') as the path to build: 'auto' is
+    'fast' on CPU, where its weight gradients were measured faster (benchmarks/), 'onednn' there when
+    ``library_convs`` (XLA hands this run's CPU convolutions to oneDNN), and 'xla' on GPU/TPU, whose own kernels
     were not beaten, and wherever the model is differentiated in forward mode (``fast_conv`` has no jvp rule).
     'winograd' (opt-in for training: faster for SRResNet 16x64's MSE step, not for the quickstart's 32-channel
     model nor the GAN step, and longer to compile; benchmarks/run.py --compare-conv) is the Upscaler's CPU default."""
     if choice not in CONFIG_CONV_CHOICES:
         raise ValueError(f"conv={choice!r}: choose from {CONFIG_CONV_CHOICES}")
     if choice == "auto":
-        return "fast" if backend == "cpu" and not needs_forward_mode else "xla"
-    if choice == "winograd" and backend != "cpu":
-        raise ValueError(f"conv='winograd' is a CPU path (this backend is {backend}): use 'auto' or 'xla'")
+        if backend != "cpu" or needs_forward_mode:
+            return "xla"
+        return "onednn" if library_convs else "fast"
+    if choice in ("winograd", "onednn") and backend != "cpu":
+        raise ValueError(f"conv={choice!r} is a CPU path (this backend is {backend}): use 'auto' or 'xla'")
     return choice

@@ -80,7 +80,8 @@ def _train(run: RunSpec, workdir: Path, primary: bool) -> dict[str, float]:
         method.restore_host_state(saved.get("plateau"))
     step = int(state.step)
     logger = MetricLogger(workdir, enabled=primary, total_steps=run.num_train_steps, resume_step=step)
-    how = {"conv": run.model.conv, "compute_dtype": run.model.compute_dtype}  # how it was trained, not what it is
+    # how it was trained, not what it is
+    how = {"conv": run.model.conv, "compute_dtype": run.model.compute_dtype, "cpu_onednn": run.cpu_onednn}
     if primary:
         workdir.mkdir(parents=True, exist_ok=True)
         atomic.write_text(workdir / "config.json", run.config_json + "\n")

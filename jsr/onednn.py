@@ -1,0 +1,60 @@
+"""oneDNN's convolutions for bfloat16 runs on a CPU (``config.cpu_onednn``).
+
+XLA:CPU's own bfloat16 convolutions run no faster than its float32 ones; with two of its flags it hands them to
+oneDNN (the library behind PyTorch's CPU convolutions), whose kernels use the CPU's bf16 dot instructions. The
+flags are read when JAX starts its CPU backend, so ``configure`` adds them to ``XLA_FLAGS`` before that, for a run
+that wants them: 'auto' = bfloat16 compute on a CPU with AVX512_BF16 or AMX-BF16; 'on'; 'off'. Not for float32:
+the same flags make the float32 Winograd step slower (benchmarks/results, README).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+FLAGS = ("--xla_cpu_use_onednn=true", "--xla_cpu_experimental_onednn_custom_call=true")
+CHOICES = ("auto", "on", "off")
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo names of the bf16 dot instructions
+
+
+def cpu_has_bf16_dot(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether the CPU lists AVX512_BF16 or AMX-BF16 (Linux; elsewhere unknown, so False)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    flags = {word for line in text.splitlines() if line.startswith("flags") for word in line.split()}
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
+
+
+def wanted(choice: str, compute_dtype: str, cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    if choice not in CHOICES:
+        raise ValueError(f"cpu_onednn={choice!r}: choose from {CHOICES}")
+    if choice == "auto":
+        return compute_dtype == "bfloat16" and cpu_has_bf16_dot(cpuinfo)
+    return choice == "on"
+
+
+def active() -> bool:
+    """Whether this process's XLA_FLAGS hand convolutions to oneDNN (set by ``configure`` or by the user)."""
+    given = os.environ.get("XLA_FLAGS", "").split()
+    return all(flag in given for flag in FLAGS)
+
+
+def configure(choice: str, compute_dtype: str) -> bool:
+    """Add ``FLAGS`` to ``XLA_FLAGS`` if the run wants them and JAX's backends have not started (they read the
+    flags once); returns whether they are on. Never removes flags the user set."""
+    if not wanted(choice, compute_dtype) or active():
+        return active()
+    from jax._src import xla_bridge
+
+    if xla_bridge.backends_are_initialized():
+        print(
+            "note: config.cpu_onednn: JAX had already started, so this process keeps XLA's own convolutions "
+            f"(start it with XLA_FLAGS='{' '.join(FLAGS)}', or run jsr-train)",
+            file=sys.stderr,
+        )
+        return False
+    os.environ["XLA_FLAGS"] = " ".join([*os.environ.get("XLA_FLAGS", "").split(), *FLAGS])
+    return True
