@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from typing import Any
 
 import jax
@@ -163,6 +164,14 @@ class RunSpec:
     @property
     def uses_vgg(self) -> bool:
         return self.stage == "gan" and bool(self.loss.vgg)
+
+    @property
+    def program_key(self) -> str:
+        """What the run's traced programs depend on (``jsr.traced_cache``): the config as given and what it
+        resolved to on this machine ('auto' convolutions differ between CPUs with and without bf16 instructions)."""
+        d_conv = self.discriminator.conv if self.discriminator else None
+        resolved = {"conv": self.model.conv, "discriminator_conv": d_conv, "cpu_onednn": self.cpu_onednn}
+        return f"{self.config_json}\n{json.dumps(resolved, sort_keys=True)}"
 
 
 def _fields(cls, section: ml_collections.ConfigDict, **resolved):
