@@ -1,6 +1,6 @@
 """Can a CPU's bf16 dot units speed up SRResNet's 3x3 convolutions? Forward + backward of one conv, four ways.
 
-    python benchmarks/bf16_conv.py [--json out.json] [--repeats 20]
+    python benchmarks/bf16_conv.py [--json out.json] [--repeats 20] [--cpu-onednn on]
 
 Per shape (the SRResNet body at LR 24, batch 16; an upsampler conv at 48 px): the time of ``jax.value_and_grad`` of
 sum(conv(x, w) * g) with respect to x and w, median of ``--repeats`` after warm-up, for
@@ -8,7 +8,11 @@ sum(conv(x, w) * g) with respect to x and w, median of ``--repeats`` after warm-
 - ``xla_bf16``: the same with bf16 inputs and kernel (what ``compute_dtype=bfloat16`` runs today),
 - ``im2col_bf16``: the nine shifted slices concatenated on channels and ONE bf16 dot with float32 accumulation
   (``preferred_element_type``), differentiated by JAX (its gradients are dots too),
-- ``taps_bf16``: nine bf16 dots (one per kernel tap) accumulated in float32.
+- ``taps_bf16``: nine bf16 dots (one per kernel tap) accumulated in float32,
+- ``onednn_path_bf16``: jsr's conv path 'onednn' (``jsr.ops.conv``: XLA's weight gradient, the input gradient as a
+  plain conv with the flipped kernel), the one a bf16 training run takes when ``--cpu-onednn`` hands XLA's
+  convolutions to oneDNN (``jsr.onednn``; compare with ``xla_bf16`` in the same run),
+- ``winograd_f32``: jsr's float32 Winograd path (``conv='winograd'``), the float32 baseline to beat.
 Also each forward output's relative error against the float32 XLA conv at HIGHEST precision, and XLA's bf16 / f32
 matmul rate at 2048^2 for reference.
 """
@@ -16,6 +20,7 @@ matmul rate at 2048^2 for reference.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 
@@ -23,6 +28,9 @@ import jax
 import jax.numpy as jnp
 from conv_grad import median_time  # benchmarks/ (this script's folder is on sys.path)
 from jax import lax
+
+from jsr import onednn
+from jsr.ops.conv import NHWC, conv_function
 
 SHAPES = {"body_lr24": (16, 24, 24, 64, 64), "tail_48": (16, 48, 48, 64, 256)}  # N, H, W, Cin, Cout
 
@@ -50,6 +58,10 @@ def conv_taps(x, w):
     return out
 
 
+def conv_path(path, x, w):
+    return conv_function(path)(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=NHWC)
+
+
 def matmul_rate(dtype, repeats: int) -> float:
     a = jnp.ones((2048, 2048), dtype)
     f = jax.jit(lambda a, b: lax.dot(a, b, preferred_element_type=jnp.float32))
@@ -60,9 +72,12 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json")
     p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--cpu-onednn", default="off", choices=onednn.CHOICES, help="config.cpu_onednn for this process")
     args = p.parse_args(argv)
+    cpu_onednn = onednn.configure(args.cpu_onednn, "bfloat16")  # before JAX starts its backend
     key = jax.random.key(0)
     report = {"machine": platform.processor() or platform.machine(), "jax": jax.__version__, "shapes": {}}
+    report["cpu_onednn"] = cpu_onednn
     for name, (n, h, w_, cin, cout) in SHAPES.items():
         kx, kw, kg = jax.random.split(jax.random.fold_in(key, hash(name) % 1000), 3)
         x = jax.random.normal(kx, (n, h, w_, cin))
@@ -77,6 +92,8 @@ def main(argv=None) -> dict:
             ("xla_bf16", conv_xla, jnp.bfloat16),
             ("im2col_bf16", conv_im2col, jnp.bfloat16),
             ("taps_bf16", conv_taps, jnp.bfloat16),
+            ("onednn_path_bf16", functools.partial(conv_path, "onednn"), jnp.bfloat16),
+            ("winograd_f32", functools.partial(conv_path, "winograd"), jnp.float32),
         ):
             loss = lambda x, w, fn=fn, g=g: jnp.sum(fn(x, w).astype(jnp.float32) * g)  # noqa: E731
             step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
