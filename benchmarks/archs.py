@@ -251,6 +251,8 @@ def timed_calls(fn, first: bool, warmup: int, repeats: int) -> dict:
 
 
 def machine_info() -> dict:
+    from jsr import onednn
+
     fields = {}
     try:
         text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
@@ -276,7 +278,7 @@ def machine_info() -> dict:
         "hypervisor": fields.get("Hypervisor vendor", ""),
         "cores": os.cpu_count(),
         "flags_of_interest": {f: f in flags for f in FLAGS_OF_INTEREST},
-        "bf16_dot_units": bool(flags & {"avx512_bf16", "amx_bf16"}),
+        "bf16_dot_units": bool(flags & onednn.BF16_CPU_FLAGS),
         "system": platform.system(),
     }
 

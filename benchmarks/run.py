@@ -371,6 +371,8 @@ def versions(torch_versions: dict | None, args) -> dict:
 
 
 def parse_args(argv=None):
+    from jsr import onednn
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", help="write the results here")
     p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
@@ -397,7 +399,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--cpu-onednn",
         default="auto",
-        choices=["auto", "on", "off"],
+        choices=onednn.CHOICES,
         help="oneDNN's CPU convolutions (config.cpu_onednn; 'auto': bfloat16 on a CPU with bf16 dot instructions)",
     )
     p.add_argument("--torch-python", help="a Python that imports torch (default: /tmp/v311/bin/python, python3.11)")
@@ -451,7 +453,7 @@ def main(argv=None) -> dict:
 
     from jsr.ops.conv import resolve_conv
 
-    library_convs = args.cpu_onednn and args.dtype == "bfloat16"
+    library_convs = onednn.takes_convs(args.dtype)
     args.conv = resolve_conv(args.conv, jax.default_backend(), library_convs=library_convs)  # as training would
     kind, peak = device_peak(args.dtype)
     on_accelerator = jax.default_backend() != "cpu"

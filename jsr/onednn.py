@@ -15,7 +15,7 @@ from pathlib import Path
 
 FLAGS = ("--xla_cpu_use_onednn=true", "--xla_cpu_experimental_onednn_custom_call=true")
 CHOICES = ("auto", "on", "off")
-BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo names of the bf16 dot instructions
+BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16"}  # /proc/cpuinfo names of the bf16 dot instructions
 
 
 def cpu_has_bf16_dot(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
@@ -25,7 +25,7 @@ def cpu_has_bf16_dot(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     except OSError:
         return False
     flags = {word for line in text.splitlines() if line.startswith("flags") for word in line.split()}
-    return any(flag in flags for flag in BF16_CPU_FLAGS)
+    return bool(flags & BF16_CPU_FLAGS)
 
 
 def wanted(choice: str, compute_dtype: str, cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
@@ -42,10 +42,21 @@ def active() -> bool:
     return all(flag in given for flag in FLAGS)
 
 
+def takes_convs(compute_dtype: str) -> bool:
+    """Whether a run in ``compute_dtype`` has its CPU convolutions taken by oneDNN (conv path 'onednn' pays)."""
+    return active() and compute_dtype == "bfloat16"
+
+
+def _user_set() -> bool:
+    """Whether XLA_FLAGS already names either flag, in any value: the user's word stands."""
+    names = tuple(flag.split("=")[0] for flag in FLAGS)
+    return any(token.split("=")[0] in names for token in os.environ.get("XLA_FLAGS", "").split())
+
+
 def configure(choice: str, compute_dtype: str) -> bool:
     """Add ``FLAGS`` to ``XLA_FLAGS`` if the run wants them and JAX's backends have not started (they read the
     flags once); returns whether they are on. Never removes flags the user set."""
-    if not wanted(choice, compute_dtype) or active():
+    if not wanted(choice, compute_dtype) or _user_set():
         return active()
     from jax._src import xla_bridge
 

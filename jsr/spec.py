@@ -244,7 +244,7 @@ def _resolve(config: ml_collections.ConfigDict) -> RunSpec:
             )
         },
         distributed=distributed_spec(config),
-        cpu_onednn=cpu_onednn,
+        cpu_onednn=cpu_onednn and jax.default_backend() == "cpu",  # the flags touch only the CPU backend
         model=_model(config, deltastn.enabled),
         discriminator=_discriminator(config, deltastn.enabled),
         loss=_fields(LossSpec, config.loss),
@@ -282,7 +282,7 @@ def _conv(config: ml_collections.ConfigDict, forward_mode: bool, arch_name: str)
     """config.model.conv resolved for this backend and method; 'winograd' is 'fast' for a discriminator whose
     ``cpu_winograd`` is off (the SRGAN discriminator's trained convs ran slower by Winograd)."""
     try:
-        library_convs = onednn.active() and config.compute_dtype == "bfloat16"
+        library_convs = onednn.takes_convs(config.compute_dtype)
         conv = resolve_conv(config.model.conv, jax.default_backend(), forward_mode, library_convs)
     except ValueError as e:
         raise TrainingError(f"config.model.{e}") from e

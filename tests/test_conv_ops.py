@@ -56,11 +56,14 @@ def test_fast_conv_equals_lax_forward_and_gradients(formulation, k, stride, pad)
         np.testing.assert_allclose(g, r, **TOL)
 
 
-@pytest.mark.parametrize("k,stride,pad", CASES)
+@pytest.mark.parametrize("k,stride,pad", [*CASES, ((2, 3), 1, ((0, 2), (1, 0))), ((3, 2), 2, ((1, 0), (0, 1)))])
 def test_onednn_path_equals_lax_and_convolves_with_the_flipped_kernel(k, stride, pad):
     """conv='onednn': XLA's weight gradient and, for stride 1, the input gradient as a plain convolution with
-    input_grad_kernel(w) (the form oneDNN runs fastest); values and gradients equal lax's."""
-    x, w = data(k)
+    input_grad_kernel(w) (the form oneDNN runs fastest); values and gradients equal lax's, uneven padding and
+    non-square kernels included."""
+    x, _ = data(3)
+    kh, kw = (k, k) if isinstance(k, int) else k
+    w = jnp.asarray(np.random.default_rng(1).standard_normal((kh, kw, 5, 7), np.float32) / kh)
     onednn = lambda x, w: conv_function("onednn")(x, w, (stride, stride), pad, dimension_numbers=NHWC)  # noqa: E731
     ref = lambda x, w: plain(x, w, stride, pad)  # noqa: E731
     loss = lambda conv, x, w: jnp.sum(jnp.sin(conv(x, w)))  # noqa: E731
@@ -70,8 +73,8 @@ def test_onednn_path_equals_lax_and_convolves_with_the_flipped_kernel(k, stride,
     for g, r in zip(got, want, strict=True):
         np.testing.assert_allclose(g, r, **TOL)
     backward = str(jax.make_jaxpr(jax.grad(lambda x: loss(onednn, x, w)))(x))
-    # stride 1: the input gradient is a forward conv with the flipped kernel (XLA's own transposes have lhs dilation)
-    assert ("rev[" in backward) == (stride == 1)
+    # stride 1: input_grad_kernel's in/out swap is in the backward pass (XLA's own transpose rule has none)
+    assert ("permutation=(0, 1, 3, 2)" in backward) == (stride == 1)
 
 
 @pytest.mark.parametrize(

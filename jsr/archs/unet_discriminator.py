@@ -44,7 +44,7 @@ class UNetDiscriminatorSN(nn.Module):
       num_feat: channels of conv0 (doubled by each downsampling).
       skip_connection: add the encoder's features after each upsampling conv.
       dtype: compute dtype (spectral norms are computed in float32).
-      conv: convolution path, 'xla' or 'fast' (see ``jsr.ops.conv.conv_function``).
+      conv: convolution path, one of ``jsr.ops.conv.CONV_PATHS`` (see ``jsr.ops.conv.conv_function``).
     """
 
     num_in_ch: int = 3

@@ -31,7 +31,7 @@ class Discriminator(nn.Module):
       patch_size: square input size the dense head is built for (96 in the source; 256 for whole Pokemon).
       n_feats: channels of the first conv (doubled by each body block).
       dtype: compute dtype.
-      conv: convolution path, 'xla' or 'fast' (see ``jsr.models.Generator``).
+      conv: convolution path, one of ``jsr.ops.conv.CONV_PATHS`` (see ``jsr.models.Generator``).
     """
 
     patch_size: int = 96

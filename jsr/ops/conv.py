@@ -436,7 +436,7 @@ def conv_function(path: str):
     ``lax.conv_general_dilated``) for 'xla', ``fast_conv`` for 'fast', ``fast_conv`` with Winograd F(4x4, 3x3) for
     its 3x3 convs (forward and both gradients) for 'winograd', and for 'onednn' (XLA's convolutions handed to
     oneDNN, ``jsr.onednn``) ``fast_conv`` with XLA's weight gradient and plain flipped-kernel input gradients:
-    the forms oneDNN runs fastest."""
+    the forms oneDNN runs fastest (strided convs' input gradients: ``input_grad_phases``, as on 'fast')."""
     if path not in CONV_PATHS:
         raise ValueError(f"conv={path!r}: choose from {CONV_PATHS}")
     if path == "winograd":
