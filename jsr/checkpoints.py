@@ -400,11 +400,13 @@ def _raised_in_orbax(error: BaseException | None) -> bool:
 
 
 class _AbandonedOrbaxTasks(logging.Filter):
-    """Drops asyncio's "Task exception was never retrieved" records for the failed reads of an abandoned restore."""
+    """Drops asyncio's "Task / Future exception was never retrieved" records for the failed reads of an abandoned
+    restore."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        return not (record.getMessage().startswith("Task exception was never retrieved") and _raised_in_orbax(error))
+        never_retrieved = record.getMessage().startswith(("Task exception", "Future exception"))
+        return not (never_retrieved and "was never retrieved" in record.getMessage() and _raised_in_orbax(error))
 
 
 def _drop_abandoned_orbax_reads() -> None:

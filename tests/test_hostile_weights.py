@@ -292,5 +292,6 @@ def test_asyncio_records_of_abandoned_orbax_reads_are_dropped_and_others_kept():
     orbax = error_from(os.path.join(os.sep, "site-packages", "orbax", "checkpoint", "serialization.py"))
     mine = error_from(os.path.join(os.sep, "site-packages", "mine", "reader.py"))
     assert not logger.filter(record("Task exception was never retrieved", orbax))
+    assert not logger.filter(record("Future exception was never retrieved", orbax))  # a Future's, not a Task's
     assert logger.filter(record("Task exception was never retrieved", mine))
     assert logger.filter(record("some other asyncio error", orbax))
