@@ -399,14 +399,17 @@ def _raised_in_orbax(error: BaseException | None) -> bool:
     return False
 
 
+NEVER_RETRIEVED = ("Task exception was never retrieved", "Future exception was never retrieved")  # asyncio's words
+
+
 class _AbandonedOrbaxTasks(logging.Filter):
     """Drops asyncio's "Task / Future exception was never retrieved" records for the failed reads of an abandoned
     restore."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        never_retrieved = record.getMessage().startswith(("Task exception", "Future exception"))
-        return not (never_retrieved and "was never retrieved" in record.getMessage() and _raised_in_orbax(error))
+        never_retrieved = record.getMessage().startswith(NEVER_RETRIEVED)
+        return not (never_retrieved and _raised_in_orbax(error))
 
 
 def _drop_abandoned_orbax_reads() -> None:
