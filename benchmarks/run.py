@@ -296,7 +296,10 @@ def run_torch(case: str, args, python: str, overlap: int, variant: str = "eager"
         cmd += ["--threads", str(args.torch_threads)]
     if args.dtype == "bfloat16":
         cmd.append("--amp")
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    from jsr import host_memory
+
+    env = os.environ | ({"GLIBC_TUNABLES": host_memory.TUNABLES} if args.host_malloc == "reuse" else {})
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:  # recorded, not raised: one variant (e.g. torch.compile without a C++ compiler) failing
         lines = done.stderr.strip().splitlines() or ["no output"]
         print(f"warning: torch {variant} failed for {case}: {lines[-1]}", file=sys.stderr, flush=True)
@@ -363,6 +366,7 @@ def versions(torch_versions: dict | None, args) -> dict:
         "jax_devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
         "jsr_conv": args.conv,
         "jsr_cpu_onednn": args.cpu_onednn,
+        "host_malloc": args.host_malloc,
         "dtype": args.dtype,
     }
     if torch_versions:
@@ -401,6 +405,13 @@ def parse_args(argv=None):
         default="auto",
         choices=onednn.CHOICES,
         help="oneDNN's CPU convolutions (config.cpu_onednn; 'auto': bfloat16 on a CPU with bf16 dot instructions)",
+    )
+    p.add_argument(
+        "--host-malloc",
+        default="reuse",
+        choices=["reuse", "system"],
+        help="glibc malloc on both sides: 'reuse' keeps freed memory (what every jsr command sets, jsr.host_memory; "
+        "PyTorch gets the same as GLIBC_TUNABLES), 'system' = glibc's defaults",
     )
     p.add_argument("--torch-python", help="a Python that imports torch (default: /tmp/v311/bin/python, python3.11)")
     p.add_argument("--torch-device", default="cpu", help="cpu | cuda")
@@ -446,9 +457,11 @@ def main(argv=None) -> dict:
     torch_python = None if args.no_torch else find_torch_python(args.torch_python)
     if not args.no_torch and torch_python is None:
         raise SystemExit("no Python with torch found: pass --torch-python or --no-torch")
-    from jsr import onednn
+    from jsr import host_memory, onednn
 
     args.cpu_onednn = onednn.configure(args.cpu_onednn, args.dtype)  # as training does, before JAX starts
+    if args.host_malloc == "reuse" and not host_memory.configure():  # as every jsr command does
+        args.host_malloc = "system"  # glibc's defaults here (not glibc, or the environment chose): torch's too
     import jax
 
     from jsr.ops.conv import resolve_conv

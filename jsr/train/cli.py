@@ -10,7 +10,7 @@ from pathlib import Path
 
 import ml_collections
 
-from jsr import compile_cache
+from jsr import compile_cache, host_memory
 from jsr.config import load_config_file
 from jsr.errors import USAGE, run_cli
 
@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)  # fmt: skip
         return USAGE
     quiet_orbax_info()
+    host_memory.configure()  # before JAX starts its threads
     compile_cache.enable(not args.no_compile_cache)
     from jsr.train.loop import train_and_evaluate
 
