@@ -8,7 +8,8 @@ The price: the process keeps its peak host memory until it exits (train_mse: pea
 
 ``mallopt`` must run before JAX starts its threads (a thread keeps the arena it was given), so the commands call
 ``configure`` first thing; later it changes nothing. Off: ``JSR_SYSTEM_MALLOC=1``. Malloc settings the user made
-(``GLIBC_TUNABLES``'s malloc tunables, ``MALLOC_*_`` variables, a preloaded allocator) stand.
+stand: ``GLIBC_TUNABLES``'s malloc tunables, ``MALLOC_*_`` variables, anything in ``LD_PRELOAD`` (it may be an
+allocator).
 """
 
 from __future__ import annotations
