@@ -27,13 +27,13 @@ from jsr.inference import Upscaler
 module, variables = load_model(sys.argv[1])
 upscaler = Upscaler(module, variables)
 image = np.random.default_rng(0).random((128, 128, 3), dtype=np.float32)
-for _ in range(2):
+faults = []
+for _ in range(12):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     upscaler.upscale(image)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):
-    upscaler.upscale(image)
-faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3
-print(json.dumps({"configured": configured, "faults": faults}))
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+# the median call after 4: the one arena still grows now and then while it settles (a 67 MB step in some calls)
+print(json.dumps({"configured": configured, "faults": sorted(faults[4:])[4]}))
 """
 
 
@@ -59,7 +59,8 @@ def generator(tmp_path_factory):
 @needs_glibc
 def test_reused_memory_stops_the_page_faults_of_every_upscale(generator):
     # one CPU device, as the command has: the suite's 4 simulated devices free buffers in a varying order, and the
-    # one arena takes ~10 upscales to settle (its peak then stays: 0.7 -> 1.25 GB here)
+    # one arena takes ~10 upscales to settle (its peak then stays: 0.7 -> 1.25 GB here); with one device most calls
+    # fault 0 pages after the first, some of the first ~10 still 17,300 (measured on 6 runs of 12 calls)
     system = run_script(FAULTS, generator, JSR_SYSTEM_MALLOC="1", XLA_FLAGS="")
     reuse = run_script(FAULTS, generator, XLA_FLAGS="")
     assert not system["configured"] and reuse["configured"]
