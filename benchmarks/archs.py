@@ -106,6 +106,7 @@ LABELS = {
     "jsr_winograd": "jsr float32, conv=winograd",
     "jsr_fast": "jsr float32, conv=fast (real trainer step)",
     "jsr_train_xla": "jsr float32, conv=xla (real trainer step)",
+    "jsr_train_winograd": "jsr float32, conv=winograd (real trainer step)",
     "torch_eager": "torch eager NCHW float32",
     "torch_channels_last": "torch channels_last float32",
     "torch_compile": "torch.compile float32",
@@ -445,6 +446,10 @@ def run_worker(python: str, spec: dict, path: Path, args, what: str) -> None:
 # ------------------------------------------------------------------------------------------------ jsr side
 
 
+def train_result_name(conv: str) -> str:
+    return "jsr_fast" if conv == "fast" else f"jsr_train_{conv}"
+
+
 class JsrSide:
     """One architecture's jsr variants of each case, built and compiled once, kept between rounds."""
 
@@ -530,7 +535,7 @@ class JsrSide:
         compiled = parts.train_step.lower(state, batch, aug, frozen).compile()
         compile_s = time.perf_counter() - start
         holder = {"state": state}
-        name = "jsr_fast" if conv == "fast" else f"jsr_train_{conv}"
+        name = train_result_name(conv)
 
         def call():
             holder["state"], out = compiled(holder["state"], batch, aug, frozen)
@@ -825,10 +830,12 @@ def main(argv=None) -> dict:
     sides = {n: JsrSide(args, n, configs[n], states[n]) for n in names}
     specs = case_specs(args)
 
-    train_default = resolve_conv("auto", jax.default_backend())
-    if train_default not in args.train_convs:
-        args.train_convs = [train_default, *args.train_convs]
-    train_name = "jsr_fast" if train_default == "fast" else f"jsr_train_{train_default}"
+    train_defaults = {
+        n: resolve_conv("auto", jax.default_backend(), winograd_pays=s.arch.cpu_winograd) for n, s in sides.items()
+    }
+    for conv in dict.fromkeys(train_defaults.values()):
+        if conv not in args.train_convs:
+            args.train_convs = [conv, *args.train_convs]
     infer_defaults = {n: f"jsr_{side.default_infer_conv()}" for n, side in sides.items()}
 
     rounds: dict[tuple[str, str], list[dict]] = {}
@@ -922,7 +929,7 @@ def main(argv=None) -> dict:
             if not rounds.get(key):
                 arch_cases[case] = {"skipped": "time budget or failure", "shape": specs[case]["shape"]}
                 continue
-            default = train_name if case == "train" else infer_defaults[name]
+            default = train_result_name(train_defaults[name]) if case == "train" else infer_defaults[name]
             arch_cases[case] = summarise_case(specs[case], rounds[key], jsr, torch_details.get(key, {}), case, default)
             arch_cases[case]["round_walls_s"] = [walls[(name, case, r)]["wall_s"] for r in range(len(rounds[key]))]
         results[name] = {
@@ -1092,6 +1099,7 @@ SHORT = {
     "jsr_winograd": "winograd",
     "jsr_fast": "fast",
     "jsr_train_xla": "xla",
+    "jsr_train_winograd": "winograd",
     "torch_eager": "eager",
     "torch_channels_last": "channels_last",
     "torch_compile": "compile",
@@ -1204,7 +1212,9 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="timed calls per variant and round, infer_64 (128: one less)")
     p.add_argument("--train-repeats", type=int, default=2, help="timed train steps per variant and round")
     p.add_argument("--budget-s", type=float, default=1200.0, help="optional tasks run while the estimate fits this")
-    p.add_argument("--train-convs", default="fast", help="jsr conv paths of the train step (comma-separated)")
+    p.add_argument(
+        "--train-convs", default="", help="more jsr conv paths of the train step (comma-separated; each net's own runs)"
+    )
     p.add_argument("--torch-python", help="a Python that imports torch (default: $JSR_TORCH_PYTHON)")
     p.add_argument("--no-torch", action="store_true", help="jsr side only")
     p.add_argument(

@@ -10,8 +10,8 @@ Cases (same shapes on both sides; defaults are SRGAN's: SRResNet 16 blocks x 64 
 The jsr side runs in this process; the PyTorch side (``benchmarks/torch_reference.py``) in a fresh subprocess of a
 Python that has torch (``--torch-python``), right after the jsr side of the same case, so that background load hits
 both alike (``--rounds R`` runs R such pairs per case in ABBA order; medians over all their repetitions, and each
-round's ratio). jsr runs with ``--conv`` (default 'auto': 'fast' on CPU, 'xla' on GPU/TPU, as training does;
-``--compare-conv`` also times the other path, 'winograd' for 'fast', else 'fast', in the same case). Each side:
+round's ratio). jsr runs with ``--conv`` (default 'auto', as training resolves it: 'winograd' on CPU in float32,
+'xla' on GPU/TPU; ``--compare-conv`` also times the other path, 'winograd' for 'fast', else 'fast'). Each side:
 warm-up excluded, median of ``--repeats`` timed repetitions. jsr's compile time is reported apart (lower + compile
 of the step; for inference, first call minus the median). Peak memory: the torch process's peak RSS per case; jsr's
 process peak RSS so far (cumulative over the cases run in this process) and XLA's own buffer sizes for the case.
@@ -467,7 +467,8 @@ def main(argv=None) -> dict:
     from jsr.ops.conv import resolve_conv
 
     library_convs = onednn.takes_convs(args.dtype)
-    args.conv = resolve_conv(args.conv, jax.default_backend(), library_convs=library_convs)  # as training would
+    float32 = args.dtype == "float32"  # SRResNet declares cpu_winograd
+    args.conv = resolve_conv(args.conv, jax.default_backend(), False, library_convs, float32)  # as training would
     kind, peak = device_peak(args.dtype)
     on_accelerator = jax.default_backend() != "cpu"
     load_before = os.getloadavg()

@@ -13,6 +13,8 @@ import os
 import sys
 from pathlib import Path
 
+from jsr.runtime import env_flag
+
 DISABLE_ENV = "JSR_NO_COMPILE_CACHE"
 MIN_COMPILE_SECONDS = 0.0  # JAX's default 1 s skips the small programs that add up to seconds at every start
 
@@ -25,7 +27,7 @@ def default_dir() -> Path:
 
 
 def disabled_by_env() -> bool:
-    return os.environ.get(DISABLE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    return env_flag(DISABLE_ENV)
 
 
 def enable(use: bool = True) -> Path | None:

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from jsr import atomic, compile_cache, host_memory, images
+from jsr import atomic, compile_cache, images, runtime
 from jsr.errors import UserError, run_cli
 
 METRICS = ("mse", "psnr_y", "psnr_rgb", "ssim_y", "ssim_rgb", "vgg22", "vgg54", "study_vgg22", "study_vgg54")
@@ -734,8 +734,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     compile_cache.add_flag(parser)
     args = parser.parse_args(argv)
-    host_memory.configure()  # before JAX starts its threads
-    compile_cache.enable(not args.no_compile_cache)
+    runtime.start_command(not args.no_compile_cache)
     return run_cli(lambda: evaluate(args) and 0)
 
 

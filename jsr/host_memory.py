@@ -17,6 +17,8 @@ from __future__ import annotations
 import ctypes
 import os
 
+from jsr.runtime import backend_started, env_flag
+
 DISABLE_ENV = "JSR_SYSTEM_MALLOC"
 # (glibc tunable, mallopt parameter from malloc.h, value)
 SETTINGS = (("arena_max", -8, 1), ("mmap_max", -4, 0), ("trim_threshold", -1, 2**31 - 1))
@@ -29,21 +31,11 @@ def user_chose() -> bool:
     """Whether the environment already decides malloc's behaviour (or asks for glibc's defaults)."""
     env = os.environ
     return (
-        env.get(DISABLE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+        env_flag(DISABLE_ENV)
         or "glibc.malloc." in env.get("GLIBC_TUNABLES", "")
         or any(name in env for name in USER_ENV)
         or bool(env.get("LD_PRELOAD", "").strip())
     )
-
-
-def _backend_started() -> bool:
-    import sys
-
-    if "jax" not in sys.modules:
-        return False
-    from jax._src import xla_bridge
-
-    return xla_bridge.backends_are_initialized()
 
 
 def _glibc() -> bool:
@@ -56,7 +48,7 @@ def _glibc() -> bool:
 def configure() -> bool:
     """Keep freed memory for reuse, if this is glibc, the user decided nothing and JAX has not started; returns
     whether the settings were made."""
-    if not _glibc() or user_chose() or _backend_started():
+    if not _glibc() or user_chose() or backend_started():
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt

@@ -13,6 +13,8 @@ import os
 import sys
 from pathlib import Path
 
+from jsr.runtime import backend_started
+
 FLAGS = ("--xla_cpu_use_onednn=true", "--xla_cpu_experimental_onednn_custom_call=true")
 CHOICES = ("auto", "on", "off")
 BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16"}  # /proc/cpuinfo names of the bf16 dot instructions
@@ -58,9 +60,7 @@ def configure(choice: str, compute_dtype: str) -> bool:
     flags once); returns whether they are on. Never removes flags the user set."""
     if not wanted(choice, compute_dtype) or _user_set():
         return active()
-    from jax._src import xla_bridge
-
-    if xla_bridge.backends_are_initialized():
+    if backend_started():
         print(
             "note: config.cpu_onednn: JAX had already started, so this process keeps XLA's own convolutions "
             f"(start it with XLA_FLAGS='{' '.join(FLAGS)}', or run jsr-train)",

@@ -279,14 +279,16 @@ def _check_deltastn(config: ml_collections.ConfigDict, plateau: PlateauSpec) -> 
 
 
 def _conv(config: ml_collections.ConfigDict, forward_mode: bool, arch_name: str) -> str:
-    """config.model.conv resolved for this backend and method; 'winograd' is 'fast' for a discriminator whose
+    """config.model.conv resolved for this backend, method, dtype and architecture ('auto' is 'winograd' on a CPU
+    only for a float32 model whose ``cpu_winograd`` is on); 'winograd' is 'fast' for a discriminator whose
     ``cpu_winograd`` is off (the SRGAN discriminator's trained convs ran slower by Winograd)."""
+    arch = archs.get(arch_name)
     try:
         library_convs = onednn.takes_convs(config.compute_dtype)
-        conv = resolve_conv(config.model.conv, jax.default_backend(), forward_mode, library_convs)
+        pays = arch.cpu_winograd and config.compute_dtype == "float32"
+        conv = resolve_conv(config.model.conv, jax.default_backend(), forward_mode, library_convs, pays)
     except ValueError as e:
         raise TrainingError(f"config.model.{e}") from e
-    arch = archs.get(arch_name)
     return "fast" if conv == "winograd" and arch.role == "discriminator" and not arch.cpu_winograd else conv
 
 

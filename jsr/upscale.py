@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jsr import compile_cache, host_memory
+from jsr import compile_cache, runtime
 from jsr.errors import FAILURE, USAGE, UserError, run_cli
 from jsr.hub import weights_help
 from jsr.images import (
@@ -193,8 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     compile_cache.add_flag(parser)
     args = parser.parse_args(argv)
-    host_memory.configure()  # before JAX starts its threads
-    compile_cache.enable(not args.no_compile_cache)
+    runtime.start_command(not args.no_compile_cache)
 
     background = None
     if args.background is not None:

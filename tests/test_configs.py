@@ -93,12 +93,17 @@ def test_deltastn_refuses_the_reverse_mode_only_conv(repo_root, tmp_path):
         train_and_evaluate(config, tmp_path / "run")
 
 
-def test_conv_auto_is_fast_on_cpu_and_xla_for_deltastn_and_accelerators(repo_root, tmp_path):
+def test_conv_auto_is_winograd_on_cpu_and_xla_for_deltastn_and_accelerators(repo_root, tmp_path):
     from jsr.ops.conv import resolve_conv
     from jsr.train import resolve
 
     assert load_config_file(repo_root / "configs" / "quickstart.py").model.conv == "auto"
-    assert resolve(load_config_file(repo_root / "configs" / "quickstart.py")).model.conv == "fast"  # tests run on CPU
+    assert resolve(load_config_file(repo_root / "configs" / "quickstart.py")).model.conv == "winograd"  # on CPU
+    bf16 = load_config_file(repo_root / "configs" / "quickstart.py")
+    bf16.compute_dtype = "bfloat16"
+    assert resolve(bf16).model.conv in ("fast", "onednn")  # Winograd is float32 only
+    assert resolve(load_config_file(repo_root / "configs" / "esrgan_psnr.py")).model.conv == "fast"  # RRDBNet: off
+    assert resolve_conv("auto", "cpu") == "winograd" and resolve_conv("auto", "cpu", winograd_pays=False) == "fast"
     assert resolve(load_config_file(repo_root / "configs" / "quickstart_deltastn.py")).model.conv == "xla"
     assert resolve_conv("auto", "gpu") == "xla" and resolve_conv("fast", "gpu") == "fast"
     # oneDNN taking a bfloat16 run's CPU convolutions: 'auto' is its path on a CPU only, never in forward mode

@@ -37,7 +37,7 @@ class Architecture:
     colour: 'rgb', or 'y' for networks that see only the luma channel (chroma is then carried by bicubic).
     exact_tiling: purely local (convolutions and pointwise ops): tiles with enough overlap stitch exactly.
     cpu_winograd: Winograd F(4x4, 3x3) beats XLA's convs for it on a CPU in float32 (generators' inference:
-      benchmarks/archs.py; discriminators' training: benchmarks/run.py --compare-conv): the Upscaler's 'auto' uses
+      benchmarks/archs.py; training: benchmarks/run.py --compare-conv): the Upscaler's and the trainer's 'auto' use
       it there, and a discriminator without it trains with 'fast' when the run's conv is 'winograd'.
     """
 

@@ -450,19 +450,27 @@ _winograd_fast_conv = functools.partial(fast_conv, winograd_3x3=True)
 _onednn_fast_conv = functools.partial(fast_conv, weight_grad="xla", flipped_input_grad=True)
 
 
-def resolve_conv(choice: str, backend: str, needs_forward_mode: bool = False, library_convs: bool = False) -> str:
+def resolve_conv(
+    choice: str,
+    backend: str,
+    needs_forward_mode: bool = False,
+    library_convs: bool = False,
+    winograd_pays: bool = True,
+) -> str:
     """A config's ``model.conv`` ('auto', 'xla', 'fast', 'winograd' or 'onednn') as the path to build: 'auto' is
-    'fast' on CPU, where its weight gradients were measured faster (benchmarks/), 'onednn' there when
-    ``library_convs`` (XLA hands this run's CPU convolutions to oneDNN), and 'xla' on GPU/TPU, whose own kernels
-    were not beaten, and wherever the model is differentiated in forward mode (``fast_conv`` has no jvp rule).
-    'winograd' (opt-in for training: faster for SRResNet 16x64's MSE step, not for the quickstart's 32-channel
-    model nor the GAN step, and longer to compile; benchmarks/run.py --compare-conv) is the Upscaler's CPU default."""
+    'winograd' on CPU where ``winograd_pays`` (a float32 model whose architecture's convs run faster by it; measured
+    with benchmarks/run.py --compare-conv), 'fast' on CPU otherwise (its weight gradients were measured faster than
+    XLA's), 'onednn' there when ``library_convs`` (XLA hands this run's CPU convolutions to oneDNN), and 'xla' on
+    GPU/TPU, whose own kernels were not beaten, and wherever the model is differentiated in forward mode
+    (``fast_conv`` has no jvp rule)."""
     if choice not in CONFIG_CONV_CHOICES:
         raise ValueError(f"conv={choice!r}: choose from {CONFIG_CONV_CHOICES}")
     if choice == "auto":
         if backend != "cpu" or needs_forward_mode:
             return "xla"
-        return "onednn" if library_convs else "fast"
+        if library_convs:
+            return "onednn"
+        return "winograd" if winograd_pays else "fast"
     if choice in ("winograd", "onednn") and backend != "cpu":
         raise ValueError(f"conv={choice!r} is a CPU path (this backend is {backend}): use 'auto' or 'xla'")
     return choice

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import ml_collections
 
-from jsr import compile_cache, host_memory
+from jsr import compile_cache, runtime
 from jsr.config import load_config_file
 from jsr.errors import USAGE, run_cli
 
@@ -42,7 +42,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", required=True, help="a configs/*.py file, optionally :VARIANT (e.g. :tiny)")
     p.add_argument("--workdir", required=True, help="checkpoints, logs and the config (resumes if present)")
-    p.add_argument("--no-compile-cache", action="store_true", help="do not use the persistent compilation cache")
+    compile_cache.add_flag(p)
     return p
 
 
@@ -145,8 +145,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)  # fmt: skip
         return USAGE
     quiet_orbax_info()
-    host_memory.configure()  # before JAX starts its threads
-    compile_cache.enable(not args.no_compile_cache)
+    runtime.start_command(not args.no_compile_cache)
     from jsr.train.loop import train_and_evaluate
 
     return run_cli(lambda: train_and_evaluate(config, args.workdir) and 0)
