@@ -10,7 +10,7 @@ times transformed output gradients (A dy A^T per tile), summed over tiles, mappe
 What makes it pay in plain JAX (each choice measured against its alternative: benchmarks/winograd.py,
 benchmarks/conv_grad.py; figures in benchmarks/results and the README):
 - the image is processed a band of tile rows at a time (``lax.map``) so that each band's transformed data stays in
-  cache; whole-image transforms made the 64 -> 256 convs no faster than XLA's;
+  the CPU's caches; whole-image transforms made the 64 -> 256 convs no faster than XLA's;
 - the transforms are separable 1-D passes (along W, then H), each a weighted sum of six strided views that XLA
   fuses into one loop, channels innermost; an optimisation barrier keeps the first pass from being recomputed;
 - the 36 products are one ``dot_general`` with the 36-axis leading both operands (no transposes).
@@ -52,7 +52,9 @@ G = np.array(
 )
 A_T = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], np.float64)
 N_IN = B_T.shape[0]  # 6: input tile side
-BAND_FLOATS = 36 * 16384  # transformed outputs per band (~2.4 MB in float32): what stayed in cache best
+# transformed outputs per band (~9.4 MB in float32): 4x the size that was fastest under glibc's default malloc; with
+# freed memory reused (jsr.host_memory) larger bands and fewer loop steps won (README, Performance)
+BAND_FLOATS = 36 * 65536
 MIN_SIDE = 12  # smaller maps keep XLA's conv (the fastest VGG19 threshold in benchmarks/winograd.py)
 MIN_CHANNELS = 16  # fewer input or output channels keep XLA's conv (faster there: the 64 -> 3 output conv)
 
