@@ -15,6 +15,7 @@ from jsr.config import load_config_file, shrink
 
 def get_config(variant: str = ""):
     c = load_config_file(Path(__file__).with_name("quickstart.py"))
+    c.model.conv = "auto"  # the quickstart pins 'fast'; Delta-STN's forward-mode response needs XLA's ('auto' -> 'xla')
     c.data.augment.enabled = True
     c.data.augment.mode = "derive"
     c.data.augment.fill = "white"

@@ -95,7 +95,8 @@ def test_bf16_training_with_onednn_matches_xla_bf16(tmp_path, repo_root):
     runs = {}
     for choice in ("on", "off"):
         workdir = tmp_path / choice
-        result = train_cli(repo_root, workdir, "--config.compute_dtype=bfloat16", f"--config.cpu_onednn={choice}")
+        overrides = ("--config.compute_dtype=bfloat16", f"--config.cpu_onednn={choice}", "--config.model.conv=auto")
+        result = train_cli(repo_root, workdir, *overrides)
         assert result.returncode == 0, result.stderr[-3000:]
         description = read_description(workdir)
         assert description["cpu_onednn"] is (choice == "on")

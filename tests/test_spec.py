@@ -20,7 +20,7 @@ def config(repo_root):
 
 def test_resolve_gives_a_frozen_description_with_the_config_values(config):
     run = resolve(config)
-    assert isinstance(run, RunSpec) and run.model.arch == "srresnet" and run.model.conv == "winograd"
+    assert isinstance(run, RunSpec) and run.model.arch == "srresnet" and run.model.conv == "fast"
     assert run.model.config == {"n_feats": 8, "num_blocks": 2, "scale": 4, "channels": 3, "bicubic_skip": True}
     assert (run.optim.g.name, run.optim.g.learning_rate, run.optim.g.momentum) == ("adam", 5e-4, 0.9)
     assert run.discriminator is None and run.deltastn.val_batch_size == run.batch_size == 8

@@ -110,7 +110,7 @@ def test_a_toy_architecture_from_a_test_module_goes_through_every_cli(registered
     ]
     assert train([*argv, "--config.num_train_steps=2", "--config.eval_every_steps=2", "--no-compile-cache"]) == 0
     saved = json.loads((run / "best" / "jsr_model.json").read_text())
-    assert (saved["arch"], saved["config"], saved["conv"]) == (NAME, {"scale": 4}, "winograd")
+    assert (saved["arch"], saved["config"], saved["conv"]) == (NAME, {"scale": 4}, "fast")
     module, variables = checkpoints.load_model(run / "best")
     assert isinstance(module, ToyNet) and variables["params"]["head"]["conv"]["kernel"].shape == (3, 3, 3, 4)
 

@@ -298,13 +298,17 @@ def _custom_conv(
     def bwd(res, dy):
         x, k, cache = res
         dy = dy.astype(x.dtype)
+
+        def flipped_kernel():  # built only by the branches that convolve with it
+            return cache[0] if cache else input_grad_kernel(k)
+
         if by_winograd:
-            dx = winograd.conv3x3(dy, cache[0] if cache else input_grad_kernel(k), precision=precision)
+            dx = winograd.conv3x3(dy, flipped_kernel(), precision=precision)
         elif cache or (flipped_input_grad and strides == (1, 1)):
             (kh, kw), ((pt, pb), (pl, pr)) = k.shape[:2], padding
             flipped_pads = ((kh - 1 - pt, kh - 1 - pb), (kw - 1 - pl, kw - 1 - pr))
             dx = lax.conv_general_dilated(
-                dy, cache[0] if cache else input_grad_kernel(k), (1, 1), flipped_pads, dimension_numbers=NHWC,
+                dy, flipped_kernel(), (1, 1), flipped_pads, dimension_numbers=NHWC,
                 precision=precision,
             )  # fmt: skip
         elif strides == (1, 1):
