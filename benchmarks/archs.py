@@ -831,7 +831,8 @@ def main(argv=None) -> dict:
     specs = case_specs(args)
 
     train_defaults = {
-        n: resolve_conv("auto", jax.default_backend(), winograd_pays=s.arch.cpu_winograd) for n, s in sides.items()
+        n: resolve_conv("auto", jax.default_backend(), winograd_pays=s.arch.winograd_pays("float32"))
+        for n, s in sides.items()
     }
     for conv in dict.fromkeys(train_defaults.values()):
         if conv not in args.train_convs:

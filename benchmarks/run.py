@@ -464,11 +464,12 @@ def main(argv=None) -> dict:
         args.host_malloc = "system"  # glibc's defaults here (not glibc, or the environment chose): torch's too
     import jax
 
+    from jsr import archs
     from jsr.ops.conv import resolve_conv
 
     library_convs = onednn.takes_convs(args.dtype)
-    float32 = args.dtype == "float32"  # SRResNet declares cpu_winograd
-    args.conv = resolve_conv(args.conv, jax.default_backend(), False, library_convs, float32)  # as training would
+    pays = archs.get("srresnet").winograd_pays(args.dtype)
+    args.conv = resolve_conv(args.conv, jax.default_backend(), False, library_convs, pays)  # as training would
     kind, peak = device_peak(args.dtype)
     on_accelerator = jax.default_backend() != "cpu"
     load_before = os.getloadavg()

@@ -90,8 +90,7 @@ class Upscaler:
         self.mesh = mesh or parallel.make_mesh(jax.local_devices())
         if conv == "auto":
             on_cpu = self.mesh.devices.flat[0].platform == "cpu"
-            pays = on_cpu and arch.cpu_winograd and jnp.dtype(module.dtype) == jnp.float32
-            conv = "winograd" if pays else module.conv
+            conv = "winograd" if on_cpu and arch.winograd_pays(module.dtype) else module.conv
         if conv not in CONV_PATHS:
             raise ValueError(f"conv={conv!r}: choose 'auto' or one of {CONV_PATHS}")
         module = module.clone(conv=conv)

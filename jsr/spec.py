@@ -285,7 +285,7 @@ def _conv(config: ml_collections.ConfigDict, forward_mode: bool, arch_name: str)
     arch = archs.get(arch_name)
     try:
         library_convs = onednn.takes_convs(config.compute_dtype)
-        pays = arch.cpu_winograd and config.compute_dtype == "float32"
+        pays = arch.winograd_pays(config.compute_dtype)
         conv = resolve_conv(config.model.conv, jax.default_backend(), forward_mode, library_convs, pays)
     except ValueError as e:
         raise TrainingError(f"config.model.{e}") from e

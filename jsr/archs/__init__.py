@@ -16,6 +16,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
 StateDict = Mapping[str, np.ndarray]
@@ -51,6 +52,10 @@ class Architecture:
     colour: str = "rgb"
     exact_tiling: bool = True
     cpu_winograd: bool = True
+
+    def winograd_pays(self, dtype: Any) -> bool:
+        """Whether Winograd is this network's CPU path in ``dtype`` (it serves float32 only)."""
+        return self.cpu_winograd and jnp.dtype(dtype) == jnp.float32
 
     def build(self, config: dict[str, Any]):
         return self.module(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
