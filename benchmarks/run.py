@@ -170,6 +170,8 @@ def jsr_train(case: str, args) -> tuple:
         holder["state"], out = compiled(holder["state"], batch, aug, frozen)
         float(out["g_loss"])  # the host reads a metric, as the training loop does (and torch's .item())
 
+    step.compiled = compiled  # its optimised HLO: benchmarks/profile_step.py groups the profiled ops by it
+
     # FLOPs counted for direct convolutions (conv='xla'): XLA's analysis counts a loop body once, and Winograd's
     # bands are a loop (its point is fewer multiplications for the same result: FLOP/s are direct equivalents)
     direct_config = jsr_config(case, argparse.Namespace(**(vars(args) | {"conv": "xla"})))
@@ -285,8 +287,8 @@ def torch_variants(args) -> list[str]:
     return names
 
 
-def run_torch(case: str, args, python: str, overlap: int, variant: str = "eager") -> dict:
-    cmd = [python, str(HERE / "torch_reference.py"), "--case", case, "--repeats", str(args.repeats)]
+def run_torch(case: str, args, python: str, overlap: int, variant: str = "eager", extra: tuple = ()) -> dict:
+    cmd = [python, str(HERE / "torch_reference.py"), "--case", case, "--repeats", str(args.repeats), *extra]
     cmd += ["--variant", variant]
     cmd += ["--warmup", str(args.warmup), "--batch", str(args.batch), "--patch", str(args.patch)]
     cmd += ["--n_feats", str(args.n_feats), "--num_blocks", str(args.num_blocks)]
@@ -448,15 +450,9 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    cases = [c for c in args.cases.split(",") if c]
-    unknown = set(cases) - set(CASES)
-    if unknown:
-        raise SystemExit(f"unknown cases {sorted(unknown)}; choose from {CASES}")
-    torch_python = None if args.no_torch else find_torch_python(args.torch_python)
-    if not args.no_torch and torch_python is None:
-        raise SystemExit("no Python with torch found: pass --torch-python or --no-torch")
+def configure_process(args) -> None:
+    """This process's oneDNN flags and malloc settings (before JAX starts) and the conv path, as training sets and
+    resolves them; ``args`` records what was chosen."""
     from jsr import host_memory, onednn
 
     args.cpu_onednn = onednn.configure(args.cpu_onednn, args.dtype)  # as training does, before JAX starts
@@ -470,6 +466,20 @@ def main(argv=None) -> dict:
     library_convs = onednn.takes_convs(args.dtype)
     pays = archs.get("srresnet").winograd_pays(args.dtype)
     args.conv = resolve_conv(args.conv, jax.default_backend(), False, library_convs, pays)  # as training would
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    cases = [c for c in args.cases.split(",") if c]
+    unknown = set(cases) - set(CASES)
+    if unknown:
+        raise SystemExit(f"unknown cases {sorted(unknown)}; choose from {CASES}")
+    torch_python = None if args.no_torch else find_torch_python(args.torch_python)
+    if not args.no_torch and torch_python is None:
+        raise SystemExit("no Python with torch found: pass --torch-python or --no-torch")
+    configure_process(args)
+    import jax
+
     kind, peak = device_peak(args.dtype)
     on_accelerator = jax.default_backend() != "cpu"
     load_before = os.getloadavg()

@@ -236,6 +236,16 @@ def make_infer(case: str, args):
     return run
 
 
+def profile(fn, sync, steps: int) -> dict:
+    """Self CPU time of every op over ``steps`` calls of ``fn``, ms per call (benchmarks/profile_step.py groups
+    them)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            fn()
+        sync()
+    return {e.key: e.self_cpu_time_total / 1e3 / steps for e in prof.key_averages() if e.self_cpu_time_total > 0}
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--case", required=True, choices=["train_mse", "train_gan", "infer_128", "infer_1024_tiled"])
@@ -253,6 +263,9 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast (eager AMP)")
     p.add_argument("--variant", default="eager", choices=list(VARIANTS), help="memory format / torch.compile")
+    p.add_argument(
+        "--profile-steps", type=int, default=0, help="then this many steps under torch.profiler (adds profile_ms)"
+    )
     args = p.parse_args(argv)
     if "reduce_overhead" in args.variant and not args.device.startswith("cuda"):
         p.error(f"--variant {args.variant} uses CUDA graphs: CUDA only")
@@ -300,6 +313,8 @@ def main(argv=None) -> None:
             "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
         },
     }
+    if args.profile_steps:
+        result["profile_ms"] = profile(fn, sync, args.profile_steps)
     print(json.dumps(result), flush=True)
     sys.exit(0)
 

@@ -64,3 +64,48 @@ def test_bn_prelu_benchmark_times_three_blocks_and_checks_the_fused_one():
     assert set(report["median_ms"]) == {"flax", "fused", "none"} and min(report["median_ms"].values()) > 0
     error = report["fused_relative_error"]
     assert error["output"] < 1e-5 and error["batch_stats"] < 1e-5 and 0 < error["gradient"] < 1e-3
+
+
+def test_profile_groups_ops_by_what_they_compute():
+    group = load_run("profile_step").group
+    convolutions = ["custom-call__onednn$convolution", "convolution", "wrapped_convolution", "aten::mkldnn_convolution"]
+    convolutions += ["aten::convolution_backward", "conv_general_dilated"]
+    assert {group(op) for op in convolutions} == {"convolution"}
+    assert {group(op) for op in ["dot_general", "dot", "aten::addmm", "aten::mm", "aten::bmm"]} == {"matmul"}
+    others = ["convert_reduce_fusion", "wrapped_reduce-window", "transpose_copy_fusion", "aten::native_batch_norm"]
+    others += ["aten::_prelu_kernel_backward", "Optimizer.step#Adam.step", "ynn_fusion", "aten::add_"]
+    assert {group(op) for op in others} == {"other"}
+    assert {group(op) for op in ["ThunkExecutor::Execute", "end: copy", "while", "SlinkyThreadPool::Await"]} == {None}
+
+    # XLA thunks are grouped by what their instruction computes, whatever XLA named the fusion
+    import jax
+    import jax.numpy as jnp
+
+    def work(x, w, a, b):
+        conv = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jnp.tanh(conv) * 2, jnp.tanh(a @ b) + 1, jnp.sum(a * 3)
+
+    shapes = [(2, 8, 8, 4), (3, 3, 4, 5), (16, 16), (16, 16)]
+    hlo = jax.jit(work).lower(*[jnp.ones(s) for s in shapes]).compile().as_text()
+    groups = load_run("profile_step").hlo_groups(hlo)
+    assert set(groups.values()) == {"convolution", "matmul", "other"}
+    conv_lines = [line for line in hlo.splitlines() if " convolution(" in line]
+    assert conv_lines and all(groups[line.split("%")[1].split(" ")[0]] == "convolution" for line in conv_lines)
+    assert (
+        load_run("profile_step").op_kind("custom-call.162.clone__onednn$convolution")
+        == "custom-call__onednn$convolution"
+    )
+
+
+def test_profile_step_profiles_both_sides(tmp_path):
+    profile_step = load_run("profile_step")
+    torch_python = profile_step.run.find_torch_python(None)
+    argv = ["--quick", "--steps", "2", "--json", str(tmp_path / "profile.json")]
+    report = profile_step.main(argv + ([] if torch_python else ["--no-torch"]))
+    saved = json.loads((tmp_path / "profile.json").read_text())
+    sides = ["jsr", "torch"] if torch_python else ["jsr"]
+    for side in sides:
+        assert saved[side]["wall_ms"] > 0 and saved[side]["groups_ms"]["convolution"] > 0
+        assert set(saved[side]["groups_ms"]) == {"convolution", "matmul", "other"}
+        assert saved[side]["top_ops_ms"] and min(saved[side]["top_ops_ms"].values()) >= 0
+    assert report["jsr"]["conv"] == "winograd"  # resolved as training resolves float32 SRResNet on a CPU
