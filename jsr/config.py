@@ -128,10 +128,10 @@ def base_config() -> ml_collections.ConfigDict:
     # frozen VGG19 in 'fast' and 'winograd' use Winograd F(4x4, 3x3) on CPU, ~1e-5): 'fast' = jsr.ops.conv's
     # weight gradients (reverse mode only, so not Delta-STN), 'winograd' = 'fast' with the float32 3x3 convs'
     # forward, input and kernel gradients by Winograd F(4x4, 3x3) (jsr.ops.winograd, equal to ~1e-5; the fastest
-    # MSE step of 64-channel models on a CPU, longer to compile; the SRGAN discriminator keeps 'fast'), 'onednn' =
-    # 'fast' in the forms oneDNN runs fastest (see cpu_onednn), 'xla' = XLA's own; 'auto' on CPU = 'winograd' for
-    # float32 architectures that declare cpu_winograd, else 'fast' ('onednn' when cpu_onednn is on for a bfloat16
-    # run), 'xla' under Delta-STN and on GPU/TPU
+    # MSE and GAN steps of 64-channel models on a CPU, longer to compile; the U-Net discriminator keeps 'fast'),
+    # 'onednn' = 'fast' in the forms oneDNN runs fastest (see cpu_onednn), 'xla' = XLA's own; 'auto' on CPU =
+    # 'winograd' for float32 architectures that declare cpu_winograd, else 'fast' ('onednn' when cpu_onednn is on
+    # for a bfloat16 run), 'xla' under Delta-STN and on GPU/TPU
     # arch: '' = the architecture of init_from (any registered one, with its own constructor arguments), or
     # srresnet built from n_feats / num_blocks / bicubic_skip when training from scratch
     # options: constructor arguments of another architecture trained from scratch (arch='rrdbnet', ...)

@@ -281,7 +281,7 @@ def _check_deltastn(config: ml_collections.ConfigDict, plateau: PlateauSpec) -> 
 def _conv(config: ml_collections.ConfigDict, forward_mode: bool, arch_name: str) -> str:
     """config.model.conv resolved for this backend, method, dtype and architecture ('auto' is 'winograd' on a CPU
     only for a float32 model whose ``cpu_winograd`` is on); 'winograd' is 'fast' for a discriminator whose
-    ``cpu_winograd`` is off (the SRGAN discriminator's trained convs ran slower by Winograd)."""
+    ``cpu_winograd`` is off (the U-Net discriminator: not measured with Winograd)."""
     arch = archs.get(arch_name)
     try:
         library_convs = onednn.takes_convs(config.compute_dtype)

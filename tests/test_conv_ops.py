@@ -242,10 +242,14 @@ def test_generator_fast_equals_xla(path):
     _compare_models(lambda conv: Generator(n_feats=8, num_blocks=2, conv=conv), x, {"train": True}, path)
 
 
-@pytest.mark.parametrize("path", ["fast", "onednn"])
+@pytest.mark.parametrize("path", ["fast", "onednn", "winograd"])
 def test_discriminator_fast_equals_xla(path):
     x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32))
-    _compare_models(lambda conv: Discriminator(patch_size=32, n_feats=8, conv=conv), x, {"train": True}, path)
+    n_feats = 16 if path == "winograd" else 8  # 16 -> 32 channels at 16 px: Winograd's smallest conv (MIN_CHANNELS)
+    make = lambda conv: Discriminator(patch_size=32, n_feats=n_feats, conv=conv)  # noqa: E731
+    if path == "winograd":  # the CPU float32 default for the SRGAN discriminator's trained convs
+        assert "winograd" in str(jax.make_jaxpr(lambda: make(path).init(jax.random.PRNGKey(0), x))())
+    _compare_models(make, x, {"train": True}, path)
 
 
 def test_vgg_fast_equals_xla_down_to_2x2_maps_values_and_input_gradient():

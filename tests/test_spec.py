@@ -30,12 +30,16 @@ def test_resolve_gives_a_frozen_description_with_the_config_values(config):
         run.data.scale = 2
 
 
-def test_winograd_trains_the_generator_and_leaves_the_srgan_discriminator_fast(config):
+def test_winograd_follows_each_networks_measured_preference(config):
     config.stage, config.model.conv = "gan", "winograd"
     run = resolve(config)
-    assert (run.model.conv, run.discriminator.arch, run.discriminator.conv) == ("winograd", "srgan", "fast")
+    assert (run.model.conv, run.discriminator.arch, run.discriminator.conv) == ("winograd", "srgan", "winograd")
     config.model.conv = "auto"
-    assert (resolve(config).model.conv, resolve(config).discriminator.conv) == ("winograd", "fast")  # on a CPU
+    assert (resolve(config).model.conv, resolve(config).discriminator.conv) == ("winograd", "winograd")  # on a CPU
+    config.discriminator.arch = "unet_sn"  # declares no Winograd: keeps 'fast' under 'winograd' and 'auto'
+    assert resolve(config).discriminator.conv == "fast"
+    config.model.conv = "winograd"
+    assert resolve(config).discriminator.conv == "fast"
     config.model.conv = "xla"
     assert resolve(config).discriminator.conv == "xla"
     with pytest.raises(ValueError, match="conv='winograd' is a CPU path"):

@@ -130,6 +130,6 @@ ARCH = register(
         signature_keys=("conv0.weight", "conv1.weight_orig", "conv1.weight_u", "conv9.weight"),
         value_range=(0.0, 1.0),
         exact_tiling=False,
-        cpu_winograd=False,  # not measured with Winograd; the SRGAN discriminator's trained convs were slower with it
+        cpu_winograd=False,  # not measured with Winograd
     )
 )
