@@ -37,8 +37,9 @@ def group(op: str, hlo_groups: dict[str, str] | None = None) -> str | None:
     or an aten op (by name); None for wrappers that hold no work of their own."""
     if _NOT_OPS.match(op):
         return None
-    if hlo_groups is not None and op.split("__")[0] in hlo_groups:  # 'custom-call.7.clone__onednn$convolution'
-        return hlo_groups[op.split("__")[0]]
+    instruction = op.split("__")[0]  # 'custom-call.7.clone__onednn$convolution' -> its HLO instruction's name
+    if hlo_groups is not None and instruction in hlo_groups:
+        return hlo_groups[instruction]
     name = op.lower()
     if "convolution" in name or "conv_general_dilated" in name:  # aten's, XLA's and oneDNN's convolutions
         return "convolution"

@@ -67,7 +67,8 @@ def test_bn_prelu_benchmark_times_three_blocks_and_checks_the_fused_one():
 
 
 def test_profile_groups_ops_by_what_they_compute():
-    group = load_run("profile_step").group
+    profile_step = load_run("profile_step")
+    group = profile_step.group
     convolutions = ["custom-call__onednn$convolution", "convolution", "wrapped_convolution", "aten::mkldnn_convolution"]
     convolutions += ["aten::convolution_backward", "conv_general_dilated"]
     assert {group(op) for op in convolutions} == {"convolution"}
@@ -87,14 +88,11 @@ def test_profile_groups_ops_by_what_they_compute():
 
     shapes = [(2, 8, 8, 4), (3, 3, 4, 5), (16, 16), (16, 16)]
     hlo = jax.jit(work).lower(*[jnp.ones(s) for s in shapes]).compile().as_text()
-    groups = load_run("profile_step").hlo_groups(hlo)
+    groups = profile_step.hlo_groups(hlo)
     assert set(groups.values()) == {"convolution", "matmul", "other"}
     conv_lines = [line for line in hlo.splitlines() if " convolution(" in line]
     assert conv_lines and all(groups[line.split("%")[1].split(" ")[0]] == "convolution" for line in conv_lines)
-    assert (
-        load_run("profile_step").op_kind("custom-call.162.clone__onednn$convolution")
-        == "custom-call__onednn$convolution"
-    )
+    assert profile_step.op_kind("custom-call.162.clone__onednn$convolution") == "custom-call__onednn$convolution"
 
 
 def test_profile_step_profiles_both_sides(tmp_path):
