@@ -218,18 +218,6 @@ SKIPPED = {
     "srgan_paper": "no PyTorch definition of leftthomas/SRGAN's generator in the repository (tests/ has none); the "
     "same Flax module as srresnet (jsr.models.Generator) in the paper's layout",
 }
-FLAGS_OF_INTEREST = (
-    "avx2",
-    "fma",
-    "avx512f",
-    "avx512bw",
-    "avx512_vnni",
-    "avx512_bf16",
-    "avx512_fp16",
-    "amx_tile",
-    "amx_bf16",
-    "amx_int8",
-)
 
 
 def bench_config(name: str, quick: bool) -> dict:
@@ -246,42 +234,6 @@ def timed_calls(fn, first: bool, warmup: int, repeats: int) -> dict:
         out["first_s"] = time.perf_counter() - start
     out["times_s"] = run.timed(fn, warmup, repeats)
     return out
-
-
-# --------------------------------------------------------------------------------------------- the machine
-
-
-def machine_info() -> dict:
-    from jsr import onednn
-
-    fields = {}
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in text.splitlines():
-            key, _, value = line.partition(":")
-            fields[key.strip()] = value.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    flags = set(fields.get("Flags", "").split())
-    if not flags:
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-        except OSError:
-            pass
-    model = fields.get("Model name") or platform.processor() or platform.machine()
-    return {
-        "model_name": model,
-        "vendor": fields.get("Vendor ID", ""),
-        "family_model_stepping": "/".join(fields.get(k, "?") for k in ("CPU family", "Model", "Stepping")),
-        "hypervisor": fields.get("Hypervisor vendor", ""),
-        "cores": os.cpu_count(),
-        "flags_of_interest": {f: f in flags for f in FLAGS_OF_INTEREST},
-        "bf16_dot_units": bool(flags & onednn.BF16_CPU_FLAGS),
-        "system": platform.system(),
-    }
 
 
 # ------------------------------------------------------------------------------------------ PyTorch worker
@@ -802,7 +754,7 @@ def main(argv=None) -> dict:
     unknown = set(cases) - set(CASES)
     if unknown:
         raise SystemExit(f"unknown cases {sorted(unknown)}; choose from {CASES}")
-    machine = machine_info()
+    machine = run.machine_info()
     torch_python = None if args.no_torch else find_torch_python(args.torch_python)
     if not args.no_torch and torch_python is None:
         raise SystemExit("no Python with torch found: pass --torch-python (or set JSR_TORCH_PYTHON), or --no-torch")

@@ -62,16 +62,60 @@ def find_torch_python(explicit: str | None) -> str | None:
     return None
 
 
-def machine_name() -> str:
-    model = platform.processor() or platform.machine()
+FLAGS_OF_INTEREST = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+)
+
+
+def machine_info() -> dict:
+    from jsr import onednn
+
+    fields = {}
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
+    except (OSError, subprocess.SubprocessError):
         pass
-    return f"{model}, {os.cpu_count()} cores, {platform.system()}"
+    flags = set(fields.get("Flags", "").split())
+    if not flags:
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+        except OSError:
+            pass
+    model = fields.get("Model name") or platform.processor() or platform.machine()
+    return {
+        "model_name": model,
+        "vendor": fields.get("Vendor ID", ""),
+        "family_model_stepping": "/".join(fields.get(k, "?") for k in ("CPU family", "Model", "Stepping")),
+        "hypervisor": fields.get("Hypervisor vendor", ""),
+        "cores": os.cpu_count(),
+        "flags_of_interest": {f: f in flags for f in FLAGS_OF_INTEREST},
+        "bf16_dot_units": bool(flags & onednn.BF16_CPU_FLAGS),
+        "system": platform.system(),
+    }
+
+
+def machine_name() -> str:
+    """The CPU's model, its widest vector units and core count: 'AMD EPYC' names both Zen 3 (AVX2) and Zen 4."""
+    m = machine_info()
+    isa = [f for f in ("avx512_bf16", "amx_bf16") if m["flags_of_interest"][f]]
+    isa.insert(0, "AVX-512" if m["flags_of_interest"]["avx512f"] else "AVX2" if m["flags_of_interest"]["avx2"] else "")
+    cpu = f"{m['model_name']} (family/model/stepping {m['family_model_stepping']}; {', '.join(i for i in isa if i)})"
+    return f"{cpu}, {m['cores']} cores, {m['system']}"
 
 
 def peak_rss_mb() -> float:
@@ -540,6 +584,7 @@ def main(argv=None) -> dict:
         print(format_row(case, row), flush=True)
     report = {
         "machine": machine_name(),
+        "cpu": machine_info(),
         "device": kind,
         "device_peak_flops": peak,
         "on_accelerator": on_accelerator,
