@@ -30,6 +30,16 @@ def cpu_has_bf16_dot(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     return bool(flags & BF16_CPU_FLAGS)
 
 
+def slow_bf16_note(compute_dtype: str, backend: str, cpuinfo: str | Path = "/proc/cpuinfo") -> str | None:
+    """What to tell a bfloat16 run on a CPU without bf16 dot instructions, where it computes slower than float32."""
+    if compute_dtype != "bfloat16" or backend != "cpu" or cpu_has_bf16_dot(cpuinfo):
+        return None
+    return (
+        "note: compute_dtype=bfloat16 on a CPU without AVX512_BF16 / AMX-BF16 trains SLOWER than float32 here "
+        "(README, Performance): --config.compute_dtype=float32 is faster"
+    )
+
+
 def wanted(choice: str, compute_dtype: str, cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     if choice not in CHOICES:
         raise ValueError(f"cpu_onednn={choice!r}: choose from {CHOICES}")

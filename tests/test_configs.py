@@ -66,6 +66,7 @@ def pokemon_data_dir(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_pokemon_tiny_trains_with_the_seed_augmentation(repo_root, tmp_path, pokemon_data_dir):
     config = load_config_file(repo_root / "configs" / "pokemon.py", "tiny")
     config.data.data_dir = str(pokemon_data_dir)

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from test_train import read_metrics, train_cli
@@ -30,6 +31,22 @@ def test_wanted_reads_the_cpu_flags(tmp_path, choice, dtype, cpuinfo, expected):
     if cpuinfo is not None:
         path.write_text(cpuinfo)
     assert onednn.wanted(choice, dtype, path) is expected
+
+
+@pytest.mark.parametrize(
+    "dtype,backend,cpuinfo,warned",
+    [
+        ("bfloat16", "cpu", CPUINFO_PLAIN, True),
+        ("bfloat16", "cpu", CPUINFO_BF16, False),
+        ("bfloat16", "gpu", CPUINFO_PLAIN, False),
+        ("float32", "cpu", CPUINFO_PLAIN, False),
+    ],
+)
+def test_bfloat16_on_a_cpu_without_bf16_dot_units_is_told_it_is_slower(tmp_path, dtype, backend, cpuinfo, warned):
+    (tmp_path / "cpuinfo").write_text(cpuinfo)
+    note = onednn.slow_bf16_note(dtype, backend, tmp_path / "cpuinfo")
+    assert (note is not None) is warned
+    assert note is None or ("SLOWER than float32" in note and "compute_dtype" in note and "\n" not in note)
 
 
 def test_an_unknown_choice_names_the_field():
@@ -92,6 +109,13 @@ def test_configure_after_jax_started_says_so_and_changes_nothing(capsys):
 def test_bf16_training_with_onednn_matches_xla_bf16(tmp_path, repo_root):
     """The trainer CLI in bfloat16 with oneDNN's convolutions (where this jax hands them over) and with XLA's own:
     both finish, record how they ran, and train to the same losses within bfloat16's rounding."""
+    flags = {
+        word
+        for line in Path("/proc/cpuinfo").read_text().splitlines()
+        if line.startswith("flags")
+        for word in line.split()
+    }
+    bf16_dot_units = bool(flags & {"avx512_bf16", "amx_bf16"})
     runs = {}
     for choice in ("on", "off"):
         workdir = tmp_path / choice
@@ -102,6 +126,7 @@ def test_bf16_training_with_onednn_matches_xla_bf16(tmp_path, repo_root):
         assert description["cpu_onednn"] is (choice == "on")
         assert description["conv"] == ("onednn" if choice == "on" else "fast")  # 'auto' on a CPU
         assert description["compute_dtype"] == "bfloat16"
+        assert ("SLOWER than float32" in result.stdout) is not bf16_dot_units, result.stdout[-2000:]
         runs[choice] = [m for m in read_metrics(workdir) if "g_loss" in m]
     on, off = ([m["g_loss"] for m in runs[c]] for c in ("on", "off"))
     assert len(on) == len(off) > 0

@@ -8,6 +8,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jsr import losses
 from jsr.checkpoints import load_model
@@ -22,6 +23,7 @@ def train(repo_root, config, workdir, *overrides):
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_rrdbnet_trains_the_psnr_then_the_gan_stage(tmp_path, repo_root):
     psnr = train(repo_root, "esrgan_psnr.py", tmp_path / "psnr")
     assert psnr.returncode == 0, psnr.stderr[-3000:]

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jsr import atomic, checkpoints, parallel
+from jsr import atomic, checkpoints, onednn, parallel
 from jsr import data as jdata
 from jsr import workdir as workdirs
 from jsr.logger import MetricLogger
@@ -96,6 +96,8 @@ def _train(run: RunSpec, workdir: Path, primary: bool) -> dict[str, float]:
             f"{mesh.devices.size} device(s), stage {run.stage}"
             f"{', Delta-STN' if run.deltastn.enabled else ''}, workdir {workdir}"
         )
+        if slow := onednn.slow_bf16_note(run.model.compute_dtype, jax.default_backend()):
+            logger.note(slow)
 
     stop = {"signal": None}
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
