@@ -1,0 +1,116 @@
+"""SRResNet's last conv (9x9, 64 -> 3, stride 1, 'SAME') in other forms against XLA's, float32, one process.
+
+    python benchmarks/last_conv.py [--pairs 7] [--json out.json]
+
+The upscale's 128 -> 512 spends ~30% of its time in this conv on an AVX2 CPU (README, Performance). Forms:
+  xla        lax.conv_general_dilated
+  rows       one 1x9 conv to 9 x 3 channels (a GEMM 27 wide instead of 3), then 9 shifted row sums
+  pointwise  one 1x1 conv to 81 x 3 channels, then 81 shifted sums
+  fft        rfft2 of the input and kernel, products summed over the 64 channels, irfft2
+  winograd   the 9x9 kernel as a 3x3 grid of 3x3 kernels: one 64 -> 27 Winograd F(4x4, 3x3) conv on the input
+             padded by 3, then 9 shifted sums
+Each form is timed alternately with the others (``--pairs`` rounds after a warm-up call) at the upscale's shape
+(1 x 512 x 512) and the training shape (16 x 96 x 96); its error is the largest difference from XLA's output relative
+to that output's largest entry. None was adopted: see the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run  # noqa: E402  (benchmarks/run.py: the machine's name)
+
+from jsr import host_memory  # noqa: E402
+from jsr.ops import winograd  # noqa: E402
+
+DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+SHAPES = {"upscale_1x512": (1, 512), "train_16x96": (16, 96)}
+
+
+def xla(x, w):
+    return lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DIMENSIONS)
+
+
+def rows(x, w):
+    k, _, cin, cout = w.shape
+    pad, h = k // 2, x.shape[1]
+    per_row = jnp.transpose(w, (1, 2, 0, 3)).reshape(1, k, cin, k * cout)  # kernel row kh -> channels kh*cout...
+    z = lax.conv_general_dilated(x, per_row, (1, 1), ((0, 0), (pad, pad)), dimension_numbers=DIMENSIONS)
+    z = jnp.pad(z, ((0, 0), (pad, pad), (0, 0), (0, 0)))
+    return sum(z[:, kh : kh + h, :, kh * cout : (kh + 1) * cout] for kh in range(k))
+
+
+def pointwise(x, w):
+    k, _, cin, cout = w.shape
+    pad, (_, h, width, _) = k // 2, x.shape
+    z = jnp.einsum("nhwc,cq->nhwq", x, jnp.transpose(w, (2, 0, 1, 3)).reshape(cin, k * k * cout))
+    z = jnp.pad(z, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    taps = ((kh, kw, (kh * k + kw) * cout) for kh in range(k) for kw in range(k))
+    return sum(z[:, kh : kh + h, kw : kw + width, i : i + cout] for kh, kw, i in taps)
+
+
+def fft(x, w):
+    k = w.shape[0]
+    pad, (_, h, width, _) = k // 2, x.shape
+    size = (h + k - 1, width + k - 1)
+    xf = jnp.fft.rfft2(jnp.transpose(x, (0, 3, 1, 2)), s=size)
+    wf = jnp.fft.rfft2(jnp.transpose(w[::-1, ::-1], (3, 2, 0, 1)), s=size)  # flipped: a correlation
+    y = jnp.fft.irfft2(jnp.einsum("nchw,ochw->nohw", xf, wf), s=size)[:, :, pad : pad + h, pad : pad + width]
+    return jnp.transpose(y, (0, 2, 3, 1))
+
+
+def winograd_grid(x, w):
+    k, _, cin, cout = w.shape
+    m, pad, (_, h, width, _) = k // 3, (k - 3) // 2, x.shape
+    blocks = w.reshape(m, 3, m, 3, cin, cout).transpose(1, 3, 4, 0, 2, 5).reshape(3, 3, cin, m * m * cout)
+    z = winograd.conv3x3(jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))), blocks)
+    taps = ((i, j, (i * m + j) * cout) for i in range(m) for j in range(m))
+    return sum(z[:, 3 * i : 3 * i + h, 3 * j : 3 * j + width, c : c + cout] for i, j, c in taps)
+
+
+FORMS = {"xla": xla, "rows": rows, "pointwise": pointwise, "fft": fft, "winograd": winograd_grid}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--pairs", type=int, default=7, help="timed rounds over all forms (after one warm-up call)")
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args(argv)
+    host_memory.configure()  # as every jsr command does
+    results = {}
+    for case, (batch, side) in SHAPES.items():
+        x = jax.random.normal(jax.random.key(0), (batch, side, side, 64))
+        w = jax.random.normal(jax.random.key(1), (9, 9, 64, 3)) / 72.0
+        jitted = {name: jax.jit(form) for name, form in FORMS.items()}
+        reference = jitted["xla"](x, w).block_until_ready()
+        scale = float(jnp.max(jnp.abs(reference)))
+        errors = {name: float(jnp.max(jnp.abs(f(x, w) - reference))) / scale for name, f in jitted.items()}
+        times = {name: [] for name in FORMS}
+        for _ in range(args.pairs):
+            for name, f in jitted.items():
+                start = time.perf_counter()
+                f(x, w).block_until_ready()
+                times[name].append(time.perf_counter() - start)
+        results[case] = {
+            name: {"median_ms": 1e3 * statistics.median(times[name]), "max_rel_error": errors[name]} for name in FORMS
+        }
+        print(
+            case, ", ".join(f"{n} {r['median_ms']:.1f} ms ({r['max_rel_error']:.0e})" for n, r in results[case].items())
+        )
+    report = {"machine": run.machine_name(), "cpu": run.machine_info(), "jax": jax.__version__, "cases": results}
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
