@@ -81,19 +81,18 @@ def machine_info() -> dict:
 
     fields = {}
     try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        env = {**os.environ, "LC_ALL": "C"}  # English field names
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, env=env).stdout
         for line in text.splitlines():
             key, _, value = line.partition(":")
             fields[key.strip()] = value.strip()
     except (OSError, subprocess.SubprocessError):
         pass
-    flags = set(fields.get("Flags", "").split())
-    if not flags:
+    flags = set(fields.get("Flags", "").split()) or onednn.x86_cpu_flags() or set()
+    if not fields.get("Model name"):  # no lscpu: /proc/cpuinfo's name
         try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
+            names = [line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
+            fields["Model name"] = names[0].split(":", 1)[1].strip() if names else ""
         except OSError:
             pass
     model = fields.get("Model name") or platform.processor() or platform.machine()

@@ -79,6 +79,7 @@ def train(cache_home, workdir, *extra, steps=2):
 
 
 @pytest.mark.slow
+@pytest.mark.each_jax
 def test_trainer_keeps_traced_programs_and_trains_the_same(tmp_path):
     home = tmp_path / "home"
     traced = home / "jsr" / "xla" / "traced"

@@ -267,6 +267,7 @@ def free_port():
 
 
 @pytest.mark.slow
+@pytest.mark.each_jax
 def test_two_processes_equal_one_process(tmp_path, repo_root):
     # SGD for the reason given in test_four_devices_equal_one_device
     steps = [
