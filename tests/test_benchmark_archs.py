@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -45,6 +47,7 @@ def check_report(bench, saved: dict, with_torch: bool) -> None:
     assert "| variant |" in saved["table_markdown"]
 
 
+@pytest.mark.slow
 def test_rrdbnet_benchmark_quick_without_torch(tmp_path):
     bench = load_benchmark()
     out = tmp_path / "rrdb.json"
@@ -54,6 +57,7 @@ def test_rrdbnet_benchmark_quick_without_torch(tmp_path):
     check_report(bench, saved, with_torch=False)
 
 
+@pytest.mark.slow
 def test_every_rgb_generator_is_benchmarked_quick_without_torch(tmp_path):
     """benchmarks/archs.py --quick: every registered RGB generator measured (jsr's two inference paths, the default
     the Upscaler picks named), the others listed with a reason."""

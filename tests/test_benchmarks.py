@@ -17,6 +17,7 @@ def load_run(name="run"):
     return module
 
 
+@pytest.mark.slow
 def test_run_quick_writes_side_by_side_json(tmp_path):
     run = load_run()
     torch_python = run.find_torch_python(None)
@@ -95,6 +96,7 @@ def test_profile_groups_ops_by_what_they_compute():
     assert profile_step.op_kind("custom-call.162.clone__onednn$convolution") == "custom-call__onednn$convolution"
 
 
+@pytest.mark.slow
 def test_profile_step_profiles_both_sides(tmp_path):
     profile_step = load_run("profile_step")
     torch_python = profile_step.run.find_torch_python(None)

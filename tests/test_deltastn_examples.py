@@ -30,6 +30,7 @@ def test_digits_short_schedule_beats_the_fixed_initial_setting(capsys):
 
 
 @pytest.mark.referee
+@pytest.mark.slow
 def test_short_known_answer_run_moves_the_blur_towards_the_hidden_truth(referee):
     """sr_degradation's tuning arm, 80 weight steps: the blur of the training degradation must rise from 0.3
     towards the hidden 1.2 of the tuning set (Set14), through the learned response only."""

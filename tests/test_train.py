@@ -182,6 +182,7 @@ def test_sigterm_saves_and_exits_zero(tmp_path, repo_root):
     assert f"saving step {saved}" in out
 
 
+@pytest.mark.slow
 def test_gan_stage_transfer_learning_moves_only_the_unfrozen_layers(tmp_path, repo_root):
     make_generator_dir(tmp_path / "mse", seed=5, n_feats=8, num_blocks=2, scale=4, bicubic_skip=True)
     config = load_config(repo_root)
