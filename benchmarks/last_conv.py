@@ -107,7 +107,8 @@ def main(argv=None) -> None:
         print(
             case, ", ".join(f"{n} {r['median_ms']:.1f} ms ({r['max_rel_error']:.0e})" for n, r in results[case].items())
         )
-    report = {"machine": run.machine_name(), "cpu": run.machine_info(), "jax": jax.__version__, "cases": results}
+    cpu = run.machine_info()
+    report = {"machine": run.machine_name(cpu), "cpu": cpu, "jax": jax.__version__, "cases": results}
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
 

@@ -108,12 +108,13 @@ def machine_info() -> dict:
     }
 
 
-def machine_name() -> str:
+def machine_name(info: dict | None = None) -> str:
     """The CPU's model, its widest vector units and core count: 'AMD EPYC' names both Zen 3 (AVX2) and Zen 4."""
-    m = machine_info()
-    isa = [f for f in ("avx512_bf16", "amx_bf16") if m["flags_of_interest"][f]]
-    isa.insert(0, "AVX-512" if m["flags_of_interest"]["avx512f"] else "AVX2" if m["flags_of_interest"]["avx2"] else "")
-    cpu = f"{m['model_name']} (family/model/stepping {m['family_model_stepping']}; {', '.join(i for i in isa if i)})"
+    m = info or machine_info()
+    has = m["flags_of_interest"]
+    widest = "AVX-512" if has["avx512f"] else "AVX2" if has["avx2"] else None
+    units = [u for u in (widest, *(f for f in ("avx512_bf16", "amx_bf16") if has[f])) if u]
+    cpu = f"{m['model_name']} (family/model/stepping {m['family_model_stepping']}; {', '.join(units)})"
     return f"{cpu}, {m['cores']} cores, {m['system']}"
 
 
@@ -581,9 +582,10 @@ def main(argv=None) -> dict:
         row["unit"] = "images/s" if case.startswith("train") else "output megapixels/s"
         results[case] = row
         print(format_row(case, row), flush=True)
+    cpu = machine_info()  # lscpu once
     report = {
-        "machine": machine_name(),
-        "cpu": machine_info(),
+        "machine": machine_name(cpu),
+        "cpu": cpu,
         "device": kind,
         "device_peak_flops": peak,
         "on_accelerator": on_accelerator,
