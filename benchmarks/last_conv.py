@@ -1,17 +1,18 @@
-"""SRResNet's last conv (9x9, 64 -> 3, stride 1, 'SAME') in other forms against XLA's, float32, one process.
+"""The generator's last conv (64 -> 3 channels, stride 1, 'SAME') in other forms against XLA's, float32, one process.
 
-    python benchmarks/last_conv.py [--pairs 7] [--json out.json]
+    python benchmarks/last_conv.py [--kernel 3] [--pairs 7] [--json out.json]
 
-The upscale's 128 -> 512 spends ~30% of its time in this conv on an AVX2 CPU (README, Performance). Forms:
+``--kernel 3`` is SRGAN-PyTorch's layout (the benchmarked SRResNet, ``benchmarks/run.py``), ``--kernel 9`` the SRGAN
+paper's (leftthomas). With 3 output channels XLA's CPU convolution is a thin GEMM far below its peak. Forms:
   xla        lax.conv_general_dilated
-  rows       one 1x9 conv to 9 x 3 channels (a GEMM 27 wide instead of 3), then 9 shifted row sums
-  pointwise  one 1x1 conv to 81 x 3 channels, then 81 shifted sums
+  rows       one 1xk conv to k x 3 channels (a GEMM 3k wide instead of 3), then k shifted row sums
+  pointwise  one 1x1 conv to k*k x 3 channels, then k*k shifted sums
   fft        rfft2 of the input and kernel, products summed over the 64 channels, irfft2
-  winograd   the 9x9 kernel as a 3x3 grid of 3x3 kernels: one 64 -> 27 Winograd F(4x4, 3x3) conv on the input
-             padded by 3, then 9 shifted sums
+  winograd   the kernel as a (k/3)x(k/3) grid of 3x3 kernels: one Winograd F(4x4, 3x3) conv to (k/3)^2 x 3
+             channels on the input padded by k/2 - 1, then (k/3)^2 shifted sums
 Each form is timed alternately with the others (``--pairs`` rounds after a warm-up call) at the upscale's shape
 (1 x 512 x 512) and the training shape (16 x 96 x 96); its error is the largest difference from XLA's output relative
-to that output's largest entry. None was adopted: see the README.
+to that output's largest entry.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ FORMS = {"xla": xla, "rows": rows, "pointwise": pointwise, "fft": fft, "winograd
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--kernel", type=int, default=3, choices=[3, 9], help="kernel side (3: SRGAN-PyTorch, 9: the paper)")
     p.add_argument("--pairs", type=int, default=7, help="timed rounds over all forms (after one warm-up call)")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
@@ -90,7 +92,8 @@ def main(argv=None) -> None:
     results = {}
     for case, (batch, side) in SHAPES.items():
         x = jax.random.normal(jax.random.key(0), (batch, side, side, 64))
-        w = jax.random.normal(jax.random.key(1), (9, 9, 64, 3)) / 72.0
+        k = args.kernel
+        w = jax.random.normal(jax.random.key(1), (k, k, 64, 3)) / (8.0 * k)
         jitted = {name: jax.jit(form) for name, form in FORMS.items()}
         reference = jitted["xla"](x, w).block_until_ready()
         scale = float(jnp.max(jnp.abs(reference)))
@@ -108,7 +111,7 @@ def main(argv=None) -> None:
             case, ", ".join(f"{n} {r['median_ms']:.1f} ms ({r['max_rel_error']:.0e})" for n, r in results[case].items())
         )
     cpu = run.machine_info()
-    report = {"machine": run.machine_name(cpu), "cpu": cpu, "jax": jax.__version__, "cases": results}
+    report = {"machine": run.machine_name(cpu), "cpu": cpu, "jax": jax.__version__, "kernel": args.kernel, "cases": results}
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
 
