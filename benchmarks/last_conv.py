@@ -3,7 +3,7 @@
     python benchmarks/last_conv.py [--kernel 3] [--pairs 7] [--json out.json]
 
 ``--kernel 3`` is SRGAN-PyTorch's layout (the benchmarked SRResNet, ``benchmarks/run.py``), ``--kernel 9`` the SRGAN
-paper's (leftthomas). With 3 output channels XLA's CPU convolution is a thin GEMM far below its peak. Forms:
+paper's (leftthomas). Forms:
   xla        lax.conv_general_dilated
   rows       one 1xk conv to k x 3 channels (a GEMM 3k wide instead of 3), then k shifted row sums
   pointwise  one 1x1 conv to k*k x 3 channels, then k*k shifted sums
@@ -89,10 +89,9 @@ def main(argv=None) -> None:
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     host_memory.configure()  # as every jsr command does
-    results = {}
+    results, k = {}, args.kernel
     for case, (batch, side) in SHAPES.items():
         x = jax.random.normal(jax.random.key(0), (batch, side, side, 64))
-        k = args.kernel
         w = jax.random.normal(jax.random.key(1), (k, k, 64, 3)) / (8.0 * k)
         jitted = {name: jax.jit(form) for name, form in FORMS.items()}
         reference = jitted["xla"](x, w).block_until_ready()
