@@ -24,6 +24,8 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import run  # noqa: E402  (benchmarks/run.py: the machine's name)
 
 
 def commands(tmp: Path) -> dict[str, list[str]]:
@@ -90,7 +92,8 @@ def main(argv=None) -> dict:
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--cases", default="upscale_128,quickstart_1_step,gan_1_step", help="comma-separated")
     args = p.parse_args(argv)
-    report = {}
+    cpu = run.machine_info()
+    report = {"machine": run.machine_name(cpu), "cpu": cpu}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         every = commands(tmp)
