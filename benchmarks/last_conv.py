@@ -109,14 +109,7 @@ def main(argv=None) -> None:
         print(
             case, ", ".join(f"{n} {r['median_ms']:.1f} ms ({r['max_rel_error']:.0e})" for n, r in results[case].items())
         )
-    cpu = run.machine_info()
-    report = {
-        "machine": run.machine_name(cpu),
-        "cpu": cpu,
-        "jax": jax.__version__,
-        "kernel": args.kernel,
-        "cases": results,
-    }
+    report = {**run.machine_record(), "jax": jax.__version__, "kernel": args.kernel, "cases": results}
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
 

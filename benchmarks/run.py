@@ -118,6 +118,12 @@ def machine_name(info: dict | None = None) -> str:
     return f"{cpu}, {m['cores']} cores, {m['system']}"
 
 
+def machine_record() -> dict:
+    """A results JSON's ``machine`` (its name) and ``cpu`` (``machine_info``) fields, lscpu run once."""
+    cpu = machine_info()
+    return {"machine": machine_name(cpu), "cpu": cpu}
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory (VmHWM: unlike ru_maxrss, not inherited from the parent over exec)."""
     try:
@@ -582,10 +588,8 @@ def main(argv=None) -> dict:
         row["unit"] = "images/s" if case.startswith("train") else "output megapixels/s"
         results[case] = row
         print(format_row(case, row), flush=True)
-    cpu = machine_info()  # lscpu once
     report = {
-        "machine": machine_name(cpu),
-        "cpu": cpu,
+        **machine_record(),
         "device": kind,
         "device_peak_flops": peak,
         "on_accelerator": on_accelerator,

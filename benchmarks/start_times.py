@@ -92,8 +92,7 @@ def main(argv=None) -> dict:
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--cases", default="upscale_128,quickstart_1_step,gan_1_step", help="comma-separated")
     args = p.parse_args(argv)
-    cpu = run.machine_info()
-    report = {"machine": run.machine_name(cpu), "cpu": cpu}
+    report = run.machine_record()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         every = commands(tmp)
