@@ -216,6 +216,23 @@ def test_samples_source_through_the_public_api():
     it.close()
 
 
+@pytest.mark.parametrize("name", sorted(sources.SAMPLE_FILES))
+def test_sample_photos_read_as_scikit_image_loads_them(name):
+    import skimage.data
+
+    if name.startswith("motorcycle_"):
+        expected = skimage.data.stereo_motorcycle()[0 if name.endswith("left") else 1]
+    else:
+        expected = getattr(skimage.data, name)()
+    got = sources._sample_photo(name)
+    assert got.dtype == np.uint8 and got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_sample_photos_cover_every_split():
+    assert {n for names in sources.SAMPLE_NAMES.values() for n in names} == set(sources.SAMPLE_FILES)
+
+
 def test_patch_larger_than_the_samples_fails_before_training():
     cfg = data.default_data_config()
     cfg.patch_size = 1000
