@@ -17,16 +17,18 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 
-from jsr import archs, atomic
+from jsr import archs, atomic, orbax_direct, traced_cache
 from jsr.errors import UserError
+
+if TYPE_CHECKING:
+    import orbax.checkpoint as ocp
 
 MODEL_FILE = "jsr_model.json"
 VARIABLES_DIR = "variables"
@@ -36,6 +38,13 @@ FORMAT_VERSION = 1
 MODEL_ENTRIES = (MODEL_FILE, VARIABLES_DIR)  # all that a model directory holds
 STRAGGLER_WAIT_S = 1.0
 OS_LITTER = (".DS_Store", "Thumbs.db", "desktop.ini")  # what file browsers drop into any folder they show
+
+
+def _orbax():
+    """Orbax, imported where it is used: a warm ``jsr-upscale`` and a fresh run's first step go without it."""
+    import orbax.checkpoint
+
+    return orbax.checkpoint
 
 
 class ModelFileError(UserError):
@@ -89,6 +98,7 @@ def save_model(
     staging = atomic.staging_dir(directory)
     try:
         variables = jax.tree.map(np.asarray, variables)
+        ocp = _orbax()
         with ocp.StandardCheckpointer() as checkpointer:
             checkpointer.save(staging / VARIABLES_DIR, variables)
             checkpointer.wait_until_finished()
@@ -176,7 +186,10 @@ def _read_variables(directory: Path, description: dict[str, Any]) -> dict:
         raise ModelFileError(f"{directory} has neither {VARIABLES_DIR}/ nor {TRAIN_CHECKPOINTS}/")
 
     def restore() -> dict:
-        with ocp.StandardCheckpointer() as checkpointer:
+        direct = orbax_direct.read_tree(where)
+        if direct is not None:
+            return direct
+        with _orbax().StandardCheckpointer() as checkpointer:
             return restore_on_host(checkpointer, where)
 
     return jax.tree.map(np.asarray, _readable(restore, where, redo))
@@ -226,8 +239,13 @@ def abstract_variables(module: nn.Module) -> dict:
 
 
 def _expected_shapes(module: nn.Module, description: dict[str, Any], directory: Path) -> dict[str, tuple[int, ...]]:
+    def compute() -> dict[str, list[int]]:
+        return {name: list(shape) for name, shape in _flat_shapes(abstract_variables(module)).items()}
+
+    key = f"{type(module).__module__}.{type(module).__qualname__} {module!r}"  # a Flax module's repr: every field
     try:
-        return _flat_shapes(abstract_variables(module))
+        shapes = traced_cache.remembered("variable-shapes", key, compute, modules=(module,))
+        return {name: tuple(shape) for name, shape in shapes.items()}
     except (TypeError, ValueError) as e:  # e.g. "num_blocks": "two" builds a module that cannot initialise
         raise ModelFileError(
             f"{directory / MODEL_FILE}: the config {description['config']} does not make a {description['kind']} "
@@ -299,9 +317,17 @@ class TrainCheckpoints:
     def __init__(self, directory: str | os.PathLike, keep: int = 3):
         self.directory = Path(directory).absolute()
         self.keep = keep
-        self.manager = self._open()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._manager: ocp.CheckpointManager | None = None  # opened at first use: a fresh run starts without Orbax
+
+    @property
+    def manager(self) -> ocp.CheckpointManager:
+        if self._manager is None:
+            self._manager = self._open()
+        return self._manager
 
     def _open(self) -> ocp.CheckpointManager:
+        ocp = _orbax()
         options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True)
         return ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta", GENERATOR_ITEM))
 
@@ -311,6 +337,7 @@ class TrainCheckpoints:
     def save(self, step: int, state: Any, meta: dict, generator: dict, force: bool = False) -> None:
         if self.manager.latest_step() == step:
             return
+        ocp = _orbax()
         items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
         args = ocp.args.Composite(**items, **{GENERATOR_ITEM: ocp.args.StandardSave(generator)})
         self.manager.save(step, args=args, force=force)
@@ -318,6 +345,9 @@ class TrainCheckpoints:
     def restore_latest(self, template: Any, note: Callable[[str], None] = print) -> tuple[Any, dict] | None:
         """(state shaped and sharded like ``template``, meta) of the newest step that restores, or None for a fresh
         run. Unreadable newer steps are set aside (with a note); a run saved with another model shape is refused."""
+        if self._manager is None and not any(self.directory.iterdir()):
+            return None  # nothing saved yet (not even a half-written step)
+        ocp = _orbax()
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
         unreadable: list[tuple[int, str]] = []
         for step in sorted(self.manager.all_steps(), reverse=True):
@@ -346,8 +376,9 @@ class TrainCheckpoints:
 
     def _refuse_other_shapes(self, step: int, abstract: Any) -> None:
         try:
-            with _stderr_quiet(), ocp.StandardCheckpointer() as checkpointer:  # quiet: the step-level metadata file
-                metadata = checkpointer.metadata(self.directory / str(step) / "state")  # is one folder up
+            # quiet: Orbax warns that the step-level metadata file is not in the item's folder (it is one up)
+            with _stderr_quiet(), _orbax().StandardCheckpointer() as checkpointer:
+                metadata = checkpointer.metadata(self.directory / str(step) / "state")
             saved = _flat_shapes(getattr(getattr(metadata, "item_metadata", metadata), "tree", metadata))
         except Exception:  # noqa: BLE001 - unreadable metadata: the restore attempt reports it
             return
@@ -372,6 +403,7 @@ class TrainCheckpoints:
         if not unreadable:
             return
         self.manager.close()
+        self._manager = None
         aside = self.directory.parent / "unreadable_checkpoints"
         aside.mkdir(exist_ok=True)
         for step, reason in unreadable:
@@ -380,10 +412,10 @@ class TrainCheckpoints:
                 target = target.with_name(target.name + "_")
             os.replace(self.directory / str(step), target)
             note(f"checkpoint step {step} cannot be read ({reason}); moved it to {target}")
-        self.manager = self._open()
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        if self._manager is not None:  # nothing was saved or read through Orbax: nothing in flight
+            self._manager.wait_until_finished()
 
 
 def _raised_in_orbax(error: BaseException | None) -> bool:

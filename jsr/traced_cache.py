@@ -5,8 +5,9 @@ it can look them up. ``jit(fn, key)`` is ``jax.jit(fn)`` whose first call per ar
 program (``jax.export``, StableHLO) from ``<compilation cache>/traced/`` instead, when one was written for the same
 ``key`` (the caller's description of everything ``fn`` closes over, e.g. a run's resolved config), the same jsr source
 files, jax / jaxlib / flax / optax versions and argument shapes, dtypes and shardings; else it traces ``fn``, writes
-the program (atomically) and runs it. Off whenever the compilation cache is off, under ``jax.distributed``, and for
-functions over modules defined outside jsr (a user's plug-in: its source is not part of the key).
+the program (atomically) and runs it. ``remembered(name, key, compute)`` keeps a JSON result of tracing (a module's
+variable shapes) under the same fingerprint. Off whenever the compilation cache is off, under ``jax.distributed``,
+and for functions over modules defined outside jsr (a user's plug-in: its source is not part of the key).
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.metadata
+import json
 import pickle
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
 from jax import export
@@ -37,6 +40,28 @@ def jit(fn: Callable, key: str, *, donate_argnums: int | Sequence[int] = (), mod
         return jitted
     donate = (donate_argnums,) if isinstance(donate_argnums, int) else tuple(donate_argnums)
     return _DiskTraced(fn, jitted, folder, key, donate)
+
+
+def remembered(name: str, key: str, compute: Callable[[], Any], *, modules: Sequence[object] = ()) -> Any:
+    """``compute()``, a JSON value that tracing derives (e.g. a module's variable shapes), kept beside the traced
+    programs under the same fingerprint (jsr's source, library versions) plus ``key``; computed afresh when the
+    cache is off, under ``jax.distributed``, for modules defined outside jsr, or when the file is unusable."""
+    folder = folder_in_use()
+    if folder is None or jax.process_count() > 1 or not all(_in_jsr(m) for m in modules):
+        return compute()
+    digest = hashlib.sha256(repr((_code_fingerprint(), name, key)).encode()).hexdigest()
+    path = folder / f"{name}-{digest}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):  # absent, partial or damaged: compute it again
+        pass
+    value = compute()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(path, json.dumps(value))
+    except OSError:
+        pass  # a read-only cache only costs the computation next time
+    return value
 
 
 def folder_in_use() -> Path | None:
