@@ -1,11 +1,14 @@
 """Cold and warm start of jsr's commands: whole-process wall time with an empty vs a filled compilation cache.
 
-    python benchmarks/start_times.py [--runs 3] [--json out.json]
+    python benchmarks/start_times.py [--runs 3] [--json out.json] [--baseline OTHER_CHECKOUT]
 
 Cases: `jsr-upscale` of one 128x128 photo; the quickstart trained for 1 step (MSE, whole command: start, compile,
 one step, validation, checkpoint, exit); the same with the GAN stage (random VGG19, `loss.allow_random_vgg`).
 Cold: a new empty cache folder per run (`JAX_COMPILATION_CACHE_DIR`); warm: a folder the first run filled. For the
 training cases also the time from launch to the first step's progress line ("step 1/1 | ...").
+``--baseline DIR`` (another jsr checkout, e.g. ``git worktree add /tmp/base REV``) times warm starts only, alternating
+this checkout and DIR run by run (ABBA; each with its own filled cache): an A/B of a change to start-up. Cold runs
+are left out there: a compiling run slows the warm run after it on a 2-core VM by up to 1.5 s.
 """
 
 from __future__ import annotations
@@ -66,9 +69,12 @@ def commands(tmp: Path) -> dict[str, list[str]]:
 FIRST_STEP_LINE = "step 1/"  # the trainer's progress line after its first step (1-step runs log at step 1)
 
 
-def timed(cmd: list[str], cache: Path, out: Path) -> tuple[float, float | None]:
-    """(whole command, launch -> the first training step's progress line or None) in seconds."""
+def timed(cmd: list[str], cache: Path, out: Path, tree: Path | None = None) -> tuple[float, float | None]:
+    """(whole command, launch -> the first training step's progress line or None) in seconds; ``tree``: the jsr
+    checkout to run (default: the installed one)."""
     env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(cache), "PYTHONUNBUFFERED": "1"}
+    if tree is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(tree), *filter(None, [os.environ.get("PYTHONPATH")])])
     env.pop("JSR_NO_COMPILE_CACHE", None)
     out.mkdir(parents=True, exist_ok=True)
     first_step = None
@@ -86,13 +92,36 @@ def timed(cmd: list[str], cache: Path, out: Path) -> tuple[float, float | None]:
     return seconds, first_step
 
 
+def warm_ab(cmd: list[str], tmp: Path, trees: dict[str, Path], runs: int) -> dict:
+    """Warm starts of ``cmd`` from each tree, alternated ABBA; per tree the launch -> first step times (training)
+    or the whole command's (``measures`` says which), and their median."""
+    times: dict[str, list[tuple[float, float | None]]] = {side: [] for side in trees}
+    for side, tree in trees.items():
+        timed(cmd, tmp / f"cache-{side}", tmp / f"fill-{side}", tree)
+    for k in range(runs):
+        for side in list(trees) if k % 2 == 0 else list(trees)[::-1]:
+            times[side].append(timed(cmd, tmp / f"cache-{side}", tmp / f"{side}-{k}", trees[side]))
+    first_step = all(first is not None for t in times.values() for _, first in t)
+    report = {}
+    for side, t in times.items():
+        seconds = [first if first_step else whole for whole, first in t]
+        report[side] = {"measures": "first_step" if first_step else "whole_command", "s": seconds}
+        report[side]["median_s"] = statistics.median(seconds)
+    return report
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--cases", default="upscale_128,quickstart_1_step,gan_1_step", help="comma-separated")
+    p.add_argument("--baseline", type=Path, default=None, help="another jsr checkout: warm A/B against it")
     args = p.parse_args(argv)
+    if args.baseline is not None and not (args.baseline / "jsr" / "__init__.py").is_file():
+        p.error(f"--baseline {args.baseline} is not a jsr checkout (no jsr/__init__.py in it)")
     report = run.machine_record()
+    if args.baseline is not None:
+        report["baseline"] = str(args.baseline.resolve())
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         every = commands(tmp)
@@ -101,6 +130,11 @@ def main(argv=None) -> dict:
             p.error(f"unknown --cases {unknown}; choose from {sorted(every)}")
         for name in wanted:
             cmd = every[name]
+            if args.baseline is not None:
+                report[name] = warm_ab(cmd, tmp / name, {"this": ROOT, "baseline": args.baseline}, args.runs)
+                this, base = (report[name][side] for side in ("this", "baseline"))
+                print(f"{name:20s} warm median: this {this['median_s']:6.2f} s, baseline {base['median_s']:6.2f} s")
+                continue
             warm_cache = tmp / f"warm-{name}"
             timed(cmd, warm_cache, tmp / f"fill-{name}")  # fills the warm cache
             runs = {"cold": [], "warm": []}

@@ -109,3 +109,18 @@ def test_profile_step_profiles_both_sides(tmp_path):
         assert set(saved[side]["groups_ms"]) == {"convolution", "matmul", "other"}
         assert saved[side]["top_ops_ms"] and min(saved[side]["top_ops_ms"].values()) >= 0
     assert report["jsr"]["conv"] == "winograd"  # resolved as training resolves float32 SRResNet on a CPU
+
+
+@pytest.mark.slow
+def test_start_times_baseline_alternates_two_checkouts(tmp_path, capsys):
+    start_times = load_run("start_times")
+    with pytest.raises(SystemExit):
+        start_times.main(["--cases", "upscale_128", "--baseline", str(tmp_path)])  # not a jsr checkout
+    assert "not a jsr checkout" in capsys.readouterr().err
+    out = tmp_path / "ab.json"
+    start_times.main(["--cases", "upscale_128", "--runs", "2", "--baseline", str(ROOT), "--json", str(out)])
+    case = json.loads(out.read_text())["upscale_128"]
+    assert set(case) == {"this", "baseline"}
+    for side in case.values():
+        assert side["measures"] == "whole_command" and len(side["s"]) == 2 and all(t > 0 for t in side["s"])
+        assert side["median_s"] == sum(side["s"]) / 2
