@@ -73,14 +73,20 @@ def timed(cmd: list[str], cache: Path, out: Path, tree: Path | None = None) -> t
     """(whole command, launch -> the first training step's progress line or None) in seconds; ``tree``: the jsr
     checkout to run (default: the installed one)."""
     env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(cache), "PYTHONUNBUFFERED": "1"}
-    if tree is not None:
+    if tree is not None:  # that tree's jsr and configs (``-m`` puts the working directory first on sys.path)
         env["PYTHONPATH"] = os.pathsep.join([str(tree), *filter(None, [os.environ.get("PYTHONPATH")])])
+        cmd = [c.replace(str(ROOT), str(tree)) for c in cmd]
     env.pop("JSR_NO_COMPILE_CACHE", None)
     out.mkdir(parents=True, exist_ok=True)
     first_step = None
     start = time.perf_counter()
     with subprocess.Popen(
-        [c.replace("{out}", str(out)) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        [c.replace("{out}", str(out)) for c in cmd],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tree,
     ) as proc:
         for line in proc.stdout:
             if first_step is None and line.startswith(FIRST_STEP_LINE):

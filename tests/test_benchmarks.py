@@ -112,15 +112,24 @@ def test_profile_step_profiles_both_sides(tmp_path):
 
 
 @pytest.mark.slow
-def test_start_times_baseline_alternates_two_checkouts(tmp_path, capsys):
+def test_start_times_baseline_runs_the_other_checkout(tmp_path, capsys, monkeypatch):
     start_times = load_run("start_times")
     with pytest.raises(SystemExit):
         start_times.main(["--cases", "upscale_128", "--baseline", str(tmp_path)])  # not a jsr checkout
     assert "not a jsr checkout" in capsys.readouterr().err
+    other = tmp_path / "other"  # a checkout whose jsr-upscale only says where it came from
+    (other / "jsr").mkdir(parents=True)
+    (other / "jsr" / "__init__.py").write_text("")
+    (other / "jsr" / "upscale.py").write_text(
+        "import os\nwith open(os.environ['OTHER_LOG'], 'a') as log:\n    log.write(__file__ + '\\n')\n"
+    )
+    monkeypatch.setenv("OTHER_LOG", str(tmp_path / "other.log"))
     out = tmp_path / "ab.json"
-    start_times.main(["--cases", "upscale_128", "--runs", "2", "--baseline", str(ROOT), "--json", str(out)])
+    start_times.main(["--cases", "upscale_128", "--runs", "2", "--baseline", str(other), "--json", str(out)])
     case = json.loads(out.read_text())["upscale_128"]
     assert set(case) == {"this", "baseline"}
     for side in case.values():
         assert side["measures"] == "whole_command" and len(side["s"]) == 2 and all(t > 0 for t in side["s"])
         assert side["median_s"] == sum(side["s"]) / 2
+    ran = (tmp_path / "other.log").read_text().splitlines()  # its cache filled once, then its two warm runs
+    assert ran == [str(other / "jsr" / "upscale.py")] * 3
