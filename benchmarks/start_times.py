@@ -98,6 +98,11 @@ def timed(cmd: list[str], cache: Path, out: Path, tree: Path | None = None) -> t
     return seconds, first_step
 
 
+def git_commit(tree: Path) -> str | None:
+    done = subprocess.run(["git", "-C", str(tree), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() or None
+
+
 def warm_ab(cmd: list[str], tmp: Path, trees: dict[str, Path], runs: int) -> dict:
     """Warm starts of ``cmd`` from each tree, alternated ABBA; per tree the launch -> first step times (training)
     or the whole command's (``measures`` says which), and their median."""
@@ -128,6 +133,8 @@ def main(argv=None) -> dict:
     report = run.machine_record()
     if args.baseline is not None:
         report["baseline"] = str(args.baseline.resolve())
+        report["baseline_commit"] = git_commit(args.baseline)
+        report["this_commit"] = git_commit(ROOT)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         every = commands(tmp)
