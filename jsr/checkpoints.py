@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jsr import archs, atomic, orbax_direct, traced_cache
+from jsr import archs, atomic, orbax_direct, program_cache
 from jsr.errors import UserError
 
 if TYPE_CHECKING:
@@ -244,7 +244,7 @@ def _expected_shapes(module: nn.Module, description: dict[str, Any], directory: 
 
     key = f"{type(module).__module__}.{type(module).__qualname__} {module!r}"  # a Flax module's repr: every field
     try:
-        shapes = traced_cache.remembered("variable-shapes", key, compute, modules=(module,))
+        shapes = program_cache.remembered("variable-shapes", key, compute, modules=(module,))
         return {name: tuple(shape) for name, shape in shapes.items()}
     except (TypeError, ValueError) as e:  # e.g. "num_blocks": "two" builds a module that cannot initialise
         raise ModelFileError(

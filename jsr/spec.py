@@ -167,7 +167,7 @@ class RunSpec:
 
     @property
     def program_key(self) -> str:
-        """What the run's traced programs depend on (``jsr.traced_cache``): the config as given and what it
+        """What the run's compiled programs depend on (``jsr.program_cache``): the config as given and what it
         resolved to on this machine ('auto' convolutions differ between CPUs with and without bf16 instructions)."""
         d_conv = self.discriminator.conv if self.discriminator else None
         resolved = {"conv": self.model.conv, "discriminator_conv": d_conv, "cpu_onednn": self.cpu_onednn}

@@ -1,6 +1,6 @@
 """The persistent compilation cache every jsr command turns on: written on the first run, read on the second (the
 same outputs), off with --no-compile-cache, and a cache folder that cannot be made is a warning, not a failure. The
-trainer's traced programs (jsr.traced_cache) live beside it, under the same rules."""
+trainer's compiled programs (jsr.program_cache) live beside it, under the same rules."""
 
 import os
 import subprocess
@@ -80,25 +80,28 @@ def train(cache_home, workdir, *extra, steps=2):
 
 @pytest.mark.slow
 @pytest.mark.each_jax
-def test_trainer_keeps_traced_programs_and_trains_the_same(tmp_path):
+def test_trainer_keeps_compiled_programs_and_trains_the_same(tmp_path):
     home = tmp_path / "home"
-    traced = home / "jsr" / "xla" / "traced"
+    programs_dir = home / "jsr" / "xla" / "programs"
     first = train(home, tmp_path / "a")
-    programs = {p.name: p.read_bytes() for p in traced.iterdir()}
-    files = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in traced.iterdir()}
+    programs = {p.name: p.read_bytes() for p in programs_dir.iterdir()}
+    files = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in programs_dir.iterdir()}
     assert any(name.startswith("train_step-") for name in programs) and any(n.startswith("init-") for n in programs)
 
-    # read back, not traced again: nothing new written, the same metrics to the last bit
+    # read back, not compiled again: nothing new written, the same metrics to the last bit
     assert train(home, tmp_path / "b") == first
-    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in traced.iterdir()} == files  # none rewritten
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in programs_dir.iterdir()} == files  # none rewritten
     # the same as a run that traces and compiles everything afresh
     assert train(tmp_path / "off", tmp_path / "c", "--no-compile-cache") == first
     assert not (tmp_path / "off" / "jsr").exists()
 
-    # a damaged program is traced again and rewritten; another config is another program
-    step_file = next(p for p in traced.iterdir() if p.name.startswith("train_step-"))
+    # a damaged program is compiled again and rewritten (then read back); another config is another program
+    step_file = next(p for p in programs_dir.iterdir() if p.name.startswith("train_step-"))
     step_file.write_bytes(programs[step_file.name][:100])
     assert train(home, tmp_path / "d") == first
-    assert step_file.read_bytes() == programs[step_file.name]
+    assert step_file.stat().st_size > 100
+    rewritten = (step_file.stat().st_ino, step_file.stat().st_mtime_ns)
+    assert train(home, tmp_path / "d2") == first
+    assert (step_file.stat().st_ino, step_file.stat().st_mtime_ns) == rewritten
     train(home, tmp_path / "e", "--config.optim.g.learning_rate=0.01")
-    assert len([p for p in traced.iterdir() if p.name.startswith("train_step-")]) == 2
+    assert len([p for p in programs_dir.iterdir() if p.name.startswith("train_step-")]) == 2

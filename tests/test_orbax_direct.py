@@ -1,6 +1,6 @@
 """jsr.orbax_direct reads what Orbax restores (Orbax is the reference), declines what it does not know, and
 ``load_model`` goes through it: a model directory loads without importing Orbax, and its variable shapes are
-remembered beside the traced programs without ever masking a model file that does not fit."""
+remembered beside the compiled programs without ever masking a model file that does not fit."""
 
 import json
 import os

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jsr import checkpoints, traced_cache
+from jsr import checkpoints, program_cache
 from jsr.spec import RunSpec, TrainingError, as_spec
 
 
@@ -44,7 +44,7 @@ def init_generator_variables(run: RunSpec, generator, rng) -> dict:
     example = jnp.zeros((1, p, p, 3))
     if not run.init_from:
         # One jitted program (cached on disk) rather than hundreds of eagerly compiled ops: seconds at every start.
-        return traced_cache.jit(generator.init, run.program_key, modules=(generator,))(rng, example)
+        return program_cache.jit(generator.init, run.program_key, modules=(generator,))(rng, example)
     variables = jax.eval_shape(generator.init, rng, example)
     try:
         source, loaded = checkpoints.load_model(run.init_from, expect="generator")

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jsr import archs, checkpoints, losses, metrics, parallel, traced_cache
+from jsr import archs, checkpoints, losses, metrics, parallel, program_cache
 from jsr import data as jdata
 from jsr.models import VGG19Features
 from jsr.models.vgg import with_input_grad_kernels
@@ -79,16 +79,16 @@ def initial_state(run: RunSpec, generator, discriminator, tx_d) -> tuple[TrainSt
     d_params, d_stats, d_opt = {}, {}, {}
     if discriminator is not None:
         side = getattr(discriminator, "patch_size", 32)  # the U-Net takes any multiple of 8
-        d_init = traced_cache.jit(discriminator.init, run.program_key, modules=(discriminator,))
+        d_init = program_cache.jit(discriminator.init, run.program_key, modules=(discriminator,))
         d_vars = d_init(d_key, jnp.zeros((1, side, side, 3)))
         d_params, d_stats = d_vars["params"], d_vars["batch_stats"]
-        d_opt = traced_cache.jit(tx_d.init, run.program_key)(d_params)
+        d_opt = program_cache.jit(tx_d.init, run.program_key)(d_params)
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
         rng=rng,
         g_params=g_vars["params"],
         g_batch_stats=g_vars.get("batch_stats", {}),
-        g_opt_state=traced_cache.jit(tx_g.init, run.program_key)(g_vars["params"]),
+        g_opt_state=program_cache.jit(tx_g.init, run.program_key)(g_vars["params"]),
         d_params=d_params,
         d_batch_stats=d_stats,
         d_opt_state=d_opt,
@@ -215,8 +215,8 @@ def make_steps(run: RunSpec, generator, discriminator, vgg_module, tx_g, tx_d):
 
     modules = (generator, discriminator, vgg_module)
     return (
-        traced_cache.jit(train_step, run.program_key, donate_argnums=0, modules=modules),
-        traced_cache.jit(d_only_step, run.program_key, donate_argnums=0, modules=modules),
+        program_cache.jit(train_step, run.program_key, donate_argnums=0, modules=modules),
+        program_cache.jit(d_only_step, run.program_key, donate_argnums=0, modules=modules),
     )
 
 

@@ -1,0 +1,216 @@
+"""Compiled programs kept on disk beside JAX's compilation cache, so that a warm start skips tracing and lowering too.
+
+JAX's persistent cache holds compiled programs, yet every run still traces and lowers its functions in Python to
+find them (its key is the lowered program). ``jit(fn, key)`` is ``jax.jit(fn)`` whose first call per argument
+signature loads the compiled executable itself (``jax.experimental.serialize_executable``) from
+``<compilation cache>/programs/`` when one was written for the same ``key`` (the caller's description of everything
+``fn`` closes over, e.g. a run's resolved config), the same jsr source files, jax / jaxlib / flax / optax versions,
+the same devices, XLA flags and CPU (an executable is machine code for this CPU), and the same argument shapes,
+dtypes and shardings; else it traces and compiles ``fn`` (through JAX's cache), writes the executable (atomically)
+and runs it. ``remembered(name, key, compute)`` keeps a JSON result of tracing (a module's variable shapes) under the
+same fingerprint. Off whenever the compilation cache is off, under ``jax.distributed``, and for functions over
+modules defined outside jsr (a user's plug-in: its source is not part of the key).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.metadata
+import json
+import os
+import pickle
+import platform
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+from jax.experimental import serialize_executable
+
+from jsr import atomic
+
+FORMAT = 2  # bump when the file layout changes
+LIBRARIES = ("jax", "jaxlib", "flax", "optax")
+
+
+def jit(fn: Callable, key: str, *, donate_argnums: int | Sequence[int] = (), modules: Sequence[object] = ()):
+    """``jax.jit(fn, donate_argnums=...)`` that keeps its compiled programs on disk (see the module docstring).
+
+    ``modules``: the Flax modules ``fn`` closes over; one defined outside the jsr package turns the disk off."""
+    jitted = jax.jit(fn, donate_argnums=donate_argnums)
+    folder = folder_in_use()
+    if folder is None or jax.process_count() > 1 or not all(_in_jsr(m) for m in modules if m is not None):
+        return jitted
+    return _DiskCompiled(fn, jitted, folder, key)
+
+
+def remembered(name: str, key: str, compute: Callable[[], Any], *, modules: Sequence[object] = ()) -> Any:
+    """``compute()``, a JSON value that tracing derives (e.g. a module's variable shapes), kept beside the compiled
+    programs under the same fingerprint (jsr's source, library versions) plus ``key``; computed afresh when the
+    cache is off, under ``jax.distributed``, for modules defined outside jsr, or when the file is unusable."""
+    folder = folder_in_use()
+    if folder is None or jax.process_count() > 1 or not all(_in_jsr(m) for m in modules):
+        return compute()
+    digest = hashlib.sha256(repr((_code_fingerprint(), name, key)).encode()).hexdigest()
+    path = folder / f"{name}-{digest}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):  # absent, partial or damaged: compute it again
+        pass
+    value = compute()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(path, json.dumps(value))
+    except OSError:
+        pass  # a read-only cache only costs the computation next time
+    return value
+
+
+def folder_in_use() -> Path | None:
+    if not jax.config.jax_enable_compilation_cache or not jax.config.jax_compilation_cache_dir:
+        return None
+    return Path(jax.config.jax_compilation_cache_dir) / "programs"
+
+
+def _in_jsr(module: object) -> bool:
+    return type(module).__module__.split(".")[0] == "jsr"
+
+
+@functools.cache
+def _code_fingerprint() -> str:
+    """jsr's own source and the versions of the libraries that shape a compiled program."""
+    digest = hashlib.sha256(f"format {FORMAT}".encode())
+    for library in LIBRARIES:
+        digest.update(f"{library} {importlib.metadata.version(library)}\n".encode())
+    package = Path(__file__).resolve().parent
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+class _DiskCompiled:
+    def __init__(self, fn: Callable, jitted: Callable, folder: Path, key: str):
+        self.fn, self.jitted, self.folder, self.key = fn, jitted, folder, key
+        self.programs: dict = {}  # argument signature -> compiled executable (None: plain jit)
+
+    def __getattr__(self, name: str):  # .lower, .trace, .eval_shape, ...: those of the plain jit
+        return getattr(self.jitted, name)
+
+    def __call__(self, *args):
+        leaves = jax.tree.leaves(args)
+        if not all(hasattr(x, "shape") and hasattr(x, "dtype") for x in leaves):  # Python scalars: plain jit
+            return self.jitted(*args)
+        signature = (
+            jax.tree.structure(args),
+            tuple(
+                (x.shape, str(x.dtype), bool(getattr(x, "weak_type", False)), str(getattr(x, "sharding", None)))
+                for x in leaves
+            ),
+        )
+        if signature not in self.programs:
+            program, loaded = self._program(args, signature)
+            if loaded:  # the first call proves a loaded executable takes these arguments
+                try:
+                    out = program(*args)
+                except (TypeError, ValueError):
+                    self.programs[signature] = None
+                    return self.jitted(*args)
+                self.programs[signature] = program
+                return out
+            self.programs[signature] = program
+        program = self.programs[signature]
+        return self.jitted(*args) if program is None else program(*args)
+
+    def _program(self, args, signature) -> tuple[Callable | None, bool]:
+        """(the compiled executable, whether it came from disk); (None, False) if it cannot be compiled ahead."""
+        name = hashlib.sha256(repr((_code_fingerprint(), _machine(), self.key, signature)).encode()).hexdigest()
+        path = self.folder / f"{getattr(self.fn, '__name__', 'fn')}-{name}.jsrexec"
+        try:
+            device_ids, serialized = pickle.loads(path.read_bytes())
+            by_id = {d.id: d for d in jax.devices()}
+            devices = [by_id[i] for i in device_ids]
+            return serialize_executable.deserialize_and_load(*serialized, execution_devices=devices), True
+        except Exception:  # noqa: BLE001 - absent, partial or from another build: compile it again
+            pass
+        try:
+            compiled, fresh = _compile_fresh(self.jitted, args)
+        except Exception:  # noqa: BLE001 - not compilable ahead of the call: the plain jit raises it if it is real
+            return None, False
+        if not fresh:
+            return compiled, False
+        try:
+            # the devices it runs on (an executable for one device must not be loaded onto all of them)
+            device_ids = [d.id for d in compiled._executable._unloaded_executable.device_list]
+            data = pickle.dumps((device_ids, serialize_executable.serialize(compiled)))
+            self.folder.mkdir(parents=True, exist_ok=True)
+            atomic.write_file(path, lambda f: f.write(data))
+        except Exception:  # noqa: BLE001 - not serialisable (host callbacks; jax internals moved) or a read-only
+            # cache: that only costs the compilation next time
+            pass
+        return compiled, False
+
+
+_watch = {"on": False, "compiled": 0, "cache_hits": 0}
+
+
+def _count(event: str, *args, **kwargs) -> None:
+    if _watch["on"]:
+        if event == _BACKEND_COMPILE:
+            _watch["compiled"] += 1
+        elif event == "/jax/compilation_cache/cache_hits":
+            _watch["cache_hits"] += 1
+
+
+_BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+
+
+@functools.cache
+def _watching() -> None:
+    jax.monitoring.register_event_listener(_count)
+    jax.monitoring.register_event_duration_secs_listener(_count)
+
+
+def _compile_fresh(jitted: Callable, args) -> tuple[Any, bool]:
+    """(``jitted`` compiled for ``args``, whether XLA compiled it just now). JAX's persistent cache is off meanwhile:
+    an executable that JAX loaded from it serialises without some of its kernels (XLA:CPU, jax 0.10 and 0.12: the
+    copy fails when run, "Function wrapped_reverse not found"), so only fresh compilations may be written; one
+    jax reused from memory, or any cache hit, is not fresh."""
+    from jax.experimental.compilation_cache import compilation_cache
+
+    _watching()
+    _watch.update(on=True, compiled=0, cache_hits=0)
+    jax.config.update("jax_enable_compilation_cache", False)
+    compilation_cache.reset_cache()  # it decides once per process whether it is used
+    try:
+        compiled = jitted.lower(*args).compile()
+    finally:
+        _watch["on"] = False
+        jax.config.update("jax_enable_compilation_cache", True)
+        compilation_cache.reset_cache()
+    return compiled, _watch["compiled"] > 0 and _watch["cache_hits"] == 0
+
+
+@functools.cache
+def _machine() -> str:
+    """What makes an executable of the same program differ: the devices, the backend's version, XLA's flags, the
+    jax settings that change programs and (XLA compiles for the host) the CPU's instruction set."""
+    try:
+        cpu = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        cpu = f"{platform.machine()} {platform.processor()}"
+    devices = jax.devices()
+    settings = {
+        name: str(getattr(jax.config, name, None))
+        for name in ("jax_enable_x64", "jax_default_matmul_precision", "jax_default_prng_impl",
+                     "jax_threefry_partitionable")
+    }  # fmt: skip
+    return repr(
+        (
+            [(d.platform, d.device_kind, d.id) for d in devices],
+            devices[0].client.platform_version,
+            os.environ.get("XLA_FLAGS", ""),
+            sorted(settings.items()),
+            cpu,
+        )
+    )

@@ -1,0 +1,116 @@
+"""jsr.program_cache on its own, in fresh processes (the cache is process-wide JAX configuration): a compiled program
+is written once and read back (same results, file untouched), any pytree round-trips, and what it must not serve
+(a module defined outside jsr, Python scalars, the compilation cache off) falls back to a plain jit."""
+
+import json
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+
+SCRIPT = r"""
+import collections, json, sys
+import jax, jax.numpy as jnp
+import flax.linen as nn
+from jsr import compile_cache, program_cache
+
+compile_cache.enable(sys.argv[1] == "on")
+Pair = collections.namedtuple("Pair", "a b")
+
+def step(state, x, scale):
+    return Pair(a=state.a * scale + x.sum(), b={"n": state.b["n"] + 1}), {"mean": x.mean()}
+
+class Outside(nn.Module):  # a plug-in's module: defined outside the jsr package
+    pass
+Outside.__module__ = "my_plugin"
+
+state = Pair(a=jnp.arange(3.0), b={"n": jnp.int32(0)})
+x = jnp.linspace(0, 1, 6).reshape(2, 3)
+fast = program_cache.jit(step, "key-1", donate_argnums=0)
+out, metrics = fast(state, x, jnp.float32(2.0))
+out, metrics = fast(out, x, jnp.float32(2.0))
+scalar = program_cache.jit(step, "key-1")(Pair(a=jnp.arange(3.0), b={"n": 0}), x, 2.0)  # Python scalars in the tree
+plugin = program_cache.jit(step, "key-1", modules=(Outside(),))
+print(json.dumps({
+    "a": out.a.tolist(), "n": int(out.b["n"]), "mean": float(metrics["mean"]), "type": type(out).__name__,
+    "scalar_n": int(scalar[0].b["n"]), "plugin_is_plain_jit": not isinstance(plugin, program_cache._DiskCompiled),
+    "disk": program_cache.folder_in_use() is not None,
+}))
+"""
+
+
+def run(cache_home, mode="on"):
+    env = {k: v for k, v in os.environ.items() if k not in ("JSR_NO_COMPILE_CACHE", "JAX_COMPILATION_CACHE_DIR")}
+    env["XDG_CACHE_HOME"] = str(cache_home)
+    done = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_written_once_read_back_and_fallbacks(tmp_path):
+    programs_dir = tmp_path / "jsr" / "xla" / "programs"
+    first = run(tmp_path)
+    files = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in programs_dir.iterdir()}
+    assert len(files) == 1 and next(iter(files)).startswith("step-")  # the scalar and plug-in calls wrote nothing
+    expected = {"a": [9.0, 13.0, 17.0], "n": 2, "mean": 0.5, "type": "Pair"}  # a = [0, 1, 2], twice a * 2 + sum(x) = 3
+    assert {k: first[k] for k in expected} == expected
+    assert first["scalar_n"] == 1 and first["plugin_is_plain_jit"] and first["disk"]
+
+    assert run(tmp_path) == first
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in programs_dir.iterdir()} == files  # read, not rewritten
+
+    off = run(tmp_path / "off", "off")
+    assert not off["disk"] and {k: off[k] for k in expected} == expected
+    assert not (tmp_path / "off" / "jsr").exists()
+
+
+def test_module_outside_jsr_is_recognised():
+    class Local(nn.Module):
+        pass
+
+    from jsr import program_cache
+    from jsr.models.srresnet import Generator
+
+    assert program_cache._in_jsr(Generator()) and not program_cache._in_jsr(Local())
+
+
+KERNELS = r"""
+import json, sys
+import jax, jax.numpy as jnp
+from jsr import compile_cache, program_cache
+
+compile_cache.enable(True)
+
+def kernels(x):  # reverse and reduce-window: kernels that a copy of a cache-loaded executable lost
+    return jnp.flip(jnp.sin(x), axis=1).sum(0) + jnp.cumsum(x, 0)[::-1].sum(0)
+
+x = jnp.arange(12.0).reshape(3, 4)
+fn = jax.jit(kernels) if sys.argv[1] == "plain" else program_cache.jit(kernels, "key-1")
+print(json.dumps(fn(x).tolist()))
+"""
+
+
+def test_program_in_jax_cache_is_written_from_a_fresh_compilation(tmp_path):
+    """JAX's cache already holds the program (an older jsr wrote it) when jsr's file is first written: the file must
+    come from a compilation of its own, else the executable read back fails when run."""
+    env = {k: v for k, v in os.environ.items() if k not in ("JSR_NO_COMPILE_CACHE", "JAX_COMPILATION_CACHE_DIR")}
+    env["XDG_CACHE_HOME"] = str(tmp_path)
+
+    def run_kernels(mode):
+        done = subprocess.run([sys.executable, "-c", KERNELS, mode], capture_output=True, text=True, timeout=120, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    import numpy as np
+
+    x = np.arange(12.0).reshape(3, 4)
+    expected = (np.flip(np.sin(x), axis=1).sum(0) + np.cumsum(x, 0)[::-1].sum(0)).tolist()
+    assert np.allclose(run_kernels("plain"), expected, rtol=1e-6)
+    programs_dir = tmp_path / "jsr" / "xla" / "programs"
+    assert not programs_dir.exists()
+    assert np.allclose(run_kernels("disk"), expected, rtol=1e-6)  # compiled, written
+    (written,) = programs_dir.iterdir()
+    stamp = (written.stat().st_ino, written.stat().st_mtime_ns)
+    assert np.allclose(run_kernels("disk"), expected, rtol=1e-6)  # read back and run
+    assert (written.stat().st_ino, written.stat().st_mtime_ns) == stamp
