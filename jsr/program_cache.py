@@ -6,14 +6,17 @@ signature loads the compiled executable itself (``jax.experimental.serialize_exe
 ``<compilation cache>/programs/`` when one was written for the same ``key`` (the caller's description of everything
 ``fn`` closes over, e.g. a run's resolved config), the same jsr source files, jax / jaxlib / flax / optax versions,
 the same devices, XLA flags and CPU (an executable is machine code for this CPU), and the same argument shapes,
-dtypes and shardings; else it traces and compiles ``fn`` (through JAX's cache), writes the executable (atomically)
-and runs it. ``remembered(name, key, compute)`` keeps a JSON result of tracing (a module's variable shapes) under the
-same fingerprint. Off whenever the compilation cache is off, under ``jax.distributed``, and for functions over
+dtypes and shardings; else it traces and compiles ``fn`` afresh (past JAX's cache: ``_compile_fresh`` says why),
+writes the executable (atomically) and runs it. ``preload(key)`` starts reading the programs that the last process
+with that key used on a background thread, so that they load while the caller imports and prepares.
+``remembered(name, key, compute)`` keeps a JSON result of tracing (a module's variable shapes) under the same
+fingerprint. Off whenever the compilation cache is off, under ``jax.distributed``, and for functions over
 modules defined outside jsr (a user's plug-in: its source is not part of the key).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import hashlib
 import importlib.metadata
@@ -65,6 +68,23 @@ def remembered(name: str, key: str, compute: Callable[[], Any], *, modules: Sequ
     except OSError:
         pass  # a read-only cache only costs the computation next time
     return value
+
+
+def preload(key: str) -> None:
+    """Start reading, on a background thread, the programs that the last process with this ``key`` used (listed in
+    an index beside them), so that they load while this one goes on (reading an executable releases the GIL).
+    ``jit(..., key)`` takes them from there; a missing or unusable one is read or compiled as usual."""
+    folder = folder_in_use()
+    if folder is None or jax.process_count() > 1:
+        return
+    index = _index(folder, key)
+    names = index.names()
+    if not names:
+        return
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="jsr-preload")
+    for name in names:  # in the order they were first used
+        _preloaded[folder / name] = pool.submit(_load, folder / name)
+    pool.shutdown(wait=False)  # its thread ends after the last one
 
 
 def folder_in_use() -> Path | None:
@@ -126,11 +146,12 @@ class _DiskCompiled:
         """(the compiled executable, whether it came from disk); (None, False) if it cannot be compiled ahead."""
         name = hashlib.sha256(repr((_code_fingerprint(), _machine(), self.key, signature)).encode()).hexdigest()
         path = self.folder / f"{getattr(self.fn, '__name__', 'fn')}-{name}.jsrexec"
+        index = _index(self.folder, self.key)
+        preloaded = _preloaded.pop(path, None)
         try:
-            device_ids, serialized = pickle.loads(path.read_bytes())
-            by_id = {d.id: d for d in jax.devices()}
-            devices = [by_id[i] for i in device_ids]
-            return serialize_executable.deserialize_and_load(*serialized, execution_devices=devices), True
+            compiled = preloaded.result() if preloaded is not None else _load(path)
+            index.add(path.name)
+            return compiled, True
         except Exception:  # noqa: BLE001 - absent, partial or from another build: compile it again
             pass
         try:
@@ -145,10 +166,52 @@ class _DiskCompiled:
             data = pickle.dumps((device_ids, serialize_executable.serialize(compiled)))
             self.folder.mkdir(parents=True, exist_ok=True)
             atomic.write_file(path, lambda f: f.write(data))
+            index.add(path.name)
         except Exception:  # noqa: BLE001 - not serialisable (host callbacks; jax internals moved) or a read-only
             # cache: that only costs the compilation next time
             pass
         return compiled, False
+
+
+_preloaded: dict[Path, concurrent.futures.Future] = {}  # program file -> its executable being read (``preload``)
+_indexes: dict[Path, "_Index"] = {}
+
+
+class _Index:
+    """The program files a key's processes used, in order of first use (what ``preload`` reads)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.known = list(json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            self.known = []
+
+    def names(self) -> list[str]:
+        return list(self.known)
+
+    def add(self, name: str) -> None:
+        if name in self.known:
+            return
+        self.known.append(name)
+        try:
+            atomic.write_text(self.path, json.dumps(self.known))
+        except OSError:
+            pass  # a read-only cache: nothing is preloaded next time
+
+
+def _index(folder: Path, key: str) -> _Index:
+    path = folder / f"index-{hashlib.sha256(repr((_code_fingerprint(), _machine(), key)).encode()).hexdigest()}.json"
+    if path not in _indexes:
+        _indexes[path] = _Index(path)
+    return _indexes[path]
+
+
+def _load(path: Path):
+    """The compiled executable in ``path`` (``_DiskCompiled._program`` wrote it), on the devices it was built for."""
+    device_ids, serialized = pickle.loads(path.read_bytes())
+    by_id = {d.id: d for d in jax.devices()}
+    return serialize_executable.deserialize_and_load(*serialized, execution_devices=[by_id[i] for i in device_ids])
 
 
 _watch = {"on": False, "compiled": 0, "cache_hits": 0}

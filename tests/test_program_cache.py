@@ -52,7 +52,8 @@ def test_written_once_read_back_and_fallbacks(tmp_path):
     programs_dir = tmp_path / "jsr" / "xla" / "programs"
     first = run(tmp_path)
     files = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in programs_dir.iterdir()}
-    assert len(files) == 1 and next(iter(files)).startswith("step-")  # the scalar and plug-in calls wrote nothing
+    programs = [name for name in files if name.endswith(".jsrexec")]
+    assert len(programs) == 1 and programs[0].startswith("step-")  # the scalar and plug-in calls wrote nothing
     expected = {"a": [9.0, 13.0, 17.0], "n": 2, "mean": 0.5, "type": "Pair"}  # a = [0, 1, 2], twice a * 2 + sum(x) = 3
     assert {k: first[k] for k in expected} == expected
     assert first["scalar_n"] == 1 and first["plugin_is_plain_jit"] and first["disk"]
@@ -110,7 +111,45 @@ def test_program_in_jax_cache_is_written_from_a_fresh_compilation(tmp_path):
     programs_dir = tmp_path / "jsr" / "xla" / "programs"
     assert not programs_dir.exists()
     assert np.allclose(run_kernels("disk"), expected, rtol=1e-6)  # compiled, written
-    (written,) = programs_dir.iterdir()
+    (written,) = programs_dir.glob("*.jsrexec")
     stamp = (written.stat().st_ino, written.stat().st_mtime_ns)
     assert np.allclose(run_kernels("disk"), expected, rtol=1e-6)  # read back and run
     assert (written.stat().st_ino, written.stat().st_mtime_ns) == stamp
+
+
+PRELOAD = r"""
+import json, sys, threading
+import jax, jax.numpy as jnp
+from jsr import compile_cache, program_cache
+
+compile_cache.enable(True)
+readers = []
+load = program_cache._load
+program_cache._load = lambda path: readers.append(threading.current_thread().name) or load(path)
+
+def double(x):
+    return x * 2
+
+program_cache.preload("key-1")
+out = program_cache.jit(double, "key-1")(jnp.arange(3.0))
+print(json.dumps({"out": out.tolist(), "readers": readers}))
+"""
+
+
+def test_preload_reads_the_last_run_s_programs_in_the_background(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("JSR_NO_COMPILE_CACHE", "JAX_COMPILATION_CACHE_DIR")}
+    env["XDG_CACHE_HOME"] = str(tmp_path)
+
+    def run_preload():
+        done = subprocess.run([sys.executable, "-c", PRELOAD], capture_output=True, text=True, timeout=120, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert run_preload()["out"] == [0.0, 2.0, 4.0]  # nothing listed yet: looked for on the main thread, compiled, written
+    (index,) = (tmp_path / "jsr" / "xla" / "programs").glob("index-*.json")
+    assert [name.split("-")[0] for name in json.loads(index.read_text())] == ["double"]
+    second = run_preload()
+    assert second["out"] == [0.0, 2.0, 4.0] and [r.split("_")[0] for r in second["readers"]] == ["jsr-preload"]
+    index.write_text("{damaged")  # an unreadable index preloads nothing, and is written again
+    assert run_preload() == {"out": [0.0, 2.0, 4.0], "readers": ["MainThread"]}
+    assert len(json.loads(index.read_text())) == 1

@@ -6,20 +6,29 @@ the generator's initial variables), ``standard`` (SRResNet / SRGAN / ESRGAN: ``T
 resolved once from the config by ``jsr.spec.resolve``.
 """
 
-from jsr.spec import TrainingDiverged, TrainingError, resolve
-from jsr.train.cli import main
-from jsr.train.common import Method, build_generator
-from jsr.train.loop import train_and_evaluate
-from jsr.train.standard import TrainState, build_standard
+import importlib
 
-__all__ = [
-    "Method",
-    "TrainState",
-    "TrainingDiverged",
-    "TrainingError",
-    "build_generator",
-    "build_standard",
-    "main",
-    "resolve",
-    "train_and_evaluate",
-]
+# Imported at first use: `jsr-train` resolves the run and starts reading its compiled programs before it imports
+# the trainer (jsr.train.cli), which would be pointless if importing this package imported the trainer first.
+_EXPORTS = {
+    "Method": "jsr.train.common",
+    "TrainState": "jsr.train.standard",
+    "TrainingDiverged": "jsr.spec",
+    "TrainingError": "jsr.spec",
+    "build_generator": "jsr.train.common",
+    "build_standard": "jsr.train.standard",
+    "main": "jsr.train.cli",
+    "resolve": "jsr.spec",
+    "train_and_evaluate": "jsr.train.loop",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'jsr.train' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
