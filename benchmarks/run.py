@@ -263,8 +263,8 @@ def jsr_infer(case: str, args) -> dict:
     for shape in upscaler.compiled_shapes:
         x = jax.ShapeDtypeStruct(shape, jnp.float32)
         bounds = jax.ShapeDtypeStruct((shape[0], 4), jnp.int32)
-        compiled = upscaler._run_jit.lower(upscaler.variables, x, bounds, crop=crop, as_uint8=False).compile()
-        f = cost_flops(direct._run_jit, direct.variables, x, bounds, crop=crop, as_uint8=False)
+        compiled = upscaler._program(crop, False).lower(upscaler.variables, x, bounds).compile()
+        f = cost_flops(direct._program(crop, False), direct.variables, x, bounds)
         flops = None if f is None or flops is None else flops + f
     if tiled and flops is not None:  # one canvas shape, run once per batch of tiles
         n = -(-side // upscaler.tile)

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jsr import archs, parallel
+from jsr import archs, parallel, program_cache
 from jsr.errors import UserError
 from jsr.ops.conv import CONV_PATHS
 
@@ -113,15 +113,7 @@ class Upscaler:
         self.variables = parallel.put_replicated(variables, self.mesh)
         self.compiled_shapes: set[tuple[int, ...]] = set()
 
-        def run(variables, canvases, bounds, crop, as_uint8):
-            mask = valid_mask(bounds, *canvases.shape[1:3])
-            sr = module.apply(variables, archs.to_model_range(module, canvases), valid_mask=mask)
-            sr = jnp.clip(archs.from_model_range(module, sr), 0.0, 1.0)
-            if crop is not None:  # (start, size) of the square core every piece keeps
-                sr = sr[:, crop[0] : crop[0] + crop[1], crop[0] : crop[0] + crop[1]]
-            return device_to_uint8(sr) if as_uint8 else sr
-
-        self._run_jit = jax.jit(run, static_argnames=("crop", "as_uint8"))
+        self._programs: dict[tuple, Callable] = {}  # (crop, as_uint8) -> the jitted network
 
     def set_variables(self, variables: Any) -> None:
         """New weights for the same module (e.g. during training): no recompilation."""
@@ -152,9 +144,27 @@ class Upscaler:
         self.compiled_shapes.add(canvases.shape)
         if self.num_devices > 1:
             canvases, bounds = parallel.put_batch((canvases, bounds), self.mesh)
-        result = self._run_jit(self.variables, canvases, bounds, crop=crop, as_uint8=as_uint8)
+        result = self._program(crop, as_uint8)(self.variables, canvases, bounds)
         result.copy_to_host_async()
         return result
+
+    def _program(self, crop: tuple[int, int] | None, as_uint8: bool) -> Callable:
+        """The network on canvases, cropped to ``crop`` (start, size) and quantised if asked, jitted; its compiled
+        programs are kept on disk (``jsr.program_cache``, keyed by the module's fields)."""
+        if (crop, as_uint8) not in self._programs:
+            module = self.module
+
+            def upscale_canvases(variables, canvases, bounds):
+                mask = valid_mask(bounds, *canvases.shape[1:3])
+                sr = module.apply(variables, archs.to_model_range(module, canvases), valid_mask=mask)
+                sr = jnp.clip(archs.from_model_range(module, sr), 0.0, 1.0)
+                if crop is not None:  # the square core every piece keeps
+                    sr = sr[:, crop[0] : crop[0] + crop[1], crop[0] : crop[0] + crop[1]]
+                return device_to_uint8(sr) if as_uint8 else sr
+
+            key = f"Upscaler {type(module).__module__}.{module!r} crop={crop} uint8={as_uint8}"
+            self._programs[crop, as_uint8] = program_cache.jit(upscale_canvases, key, modules=(module,))
+        return self._programs[crop, as_uint8]
 
     @staticmethod
     def _pipelined(calls: Iterable[tuple[Any, jax.Array]]) -> Iterator[tuple[Any, np.ndarray]]:
