@@ -243,13 +243,14 @@ def _compile_fresh(jitted: Callable, args) -> tuple[Any, bool]:
 
     _watching()
     _watch.update(on=True, compiled=0, cache_hits=0)
+    was_on = jax.config.jax_enable_compilation_cache
     jax.config.update("jax_enable_compilation_cache", False)
     compilation_cache.reset_cache()  # it decides once per process whether it is used
     try:
         compiled = jitted.lower(*args).compile()
     finally:
         _watch["on"] = False
-        jax.config.update("jax_enable_compilation_cache", True)
+        jax.config.update("jax_enable_compilation_cache", was_on)
         compilation_cache.reset_cache()
     return compiled, _watch["compiled"] > 0 and _watch["cache_hits"] == 0
 
