@@ -247,12 +247,19 @@ def _compile_fresh(jitted: Callable, args) -> tuple[Any, bool]:
     jax.config.update("jax_enable_compilation_cache", False)
     compilation_cache.reset_cache()  # it decides once per process whether it is used
     try:
-        compiled = jitted.lower(*args).compile()
+        compiled = jitted.lower(*jax.tree.map(_abstract, args)).compile()
     finally:
         _watch["on"] = False
         jax.config.update("jax_enable_compilation_cache", was_on)
         compilation_cache.reset_cache()
     return compiled, _watch["compiled"] > 0 and _watch["cache_hits"] == 0
+
+
+def _abstract(x) -> jax.ShapeDtypeStruct:
+    """What a program is compiled for: the array's shape, dtype, weak type and sharding, not the array (lowering a
+    concrete array under jax 0.12.1 carries its layout into custom-VJP type checks, which then fail)."""
+    sharding = getattr(x, "sharding", None)
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding, weak_type=bool(getattr(x, "weak_type", False)))
 
 
 @functools.cache
