@@ -174,7 +174,7 @@ class _DiskCompiled:
 
 
 _preloaded: dict[Path, concurrent.futures.Future] = {}  # program file -> its executable being read (``preload``)
-_indexes: dict[Path, "_Index"] = {}
+_indexes: dict[Path, _Index] = {}
 
 
 class _Index:

@@ -59,7 +59,8 @@ def test_written_once_read_back_and_fallbacks(tmp_path):
     assert first["scalar_n"] == 1 and first["plugin_is_plain_jit"] and first["disk"]
 
     assert run(tmp_path) == first
-    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in programs_dir.iterdir()} == files  # read, not rewritten
+    # read, not rewritten
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in programs_dir.iterdir()} == files
 
     off = run(tmp_path / "off", "off")
     assert not off["disk"] and {k: off[k] for k in expected} == expected
@@ -99,7 +100,8 @@ def test_program_in_jax_cache_is_written_from_a_fresh_compilation(tmp_path):
     env["XDG_CACHE_HOME"] = str(tmp_path)
 
     def run_kernels(mode):
-        done = subprocess.run([sys.executable, "-c", KERNELS, mode], capture_output=True, text=True, timeout=120, env=env)
+        cmd = [sys.executable, "-c", KERNELS, mode]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
         assert done.returncode == 0, done.stderr[-3000:]
         return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -145,7 +147,8 @@ def test_preload_reads_the_last_run_s_programs_in_the_background(tmp_path):
         assert done.returncode == 0, done.stderr[-3000:]
         return json.loads(done.stdout.strip().splitlines()[-1])
 
-    assert run_preload()["out"] == [0.0, 2.0, 4.0]  # nothing listed yet: looked for on the main thread, compiled, written
+    # nothing listed yet: looked for on the main thread, compiled, written
+    assert run_preload()["out"] == [0.0, 2.0, 4.0]
     (index,) = (tmp_path / "jsr" / "xla" / "programs").glob("index-*.json")
     assert [name.split("-")[0] for name in json.loads(index.read_text())] == ["double"]
     second = run_preload()
