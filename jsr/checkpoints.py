@@ -242,9 +242,10 @@ def _expected_shapes(module: nn.Module, description: dict[str, Any], directory: 
     def compute() -> dict[str, list[int]]:
         return {name: list(shape) for name, shape in _flat_shapes(abstract_variables(module)).items()}
 
-    key = f"{type(module).__module__}.{type(module).__qualname__} {module!r}"  # a Flax module's repr: every field
     try:
-        shapes = program_cache.remembered("variable-shapes", key, compute, modules=(module,))
+        shapes = program_cache.remembered(
+            "variable-shapes", program_cache.module_key(module), compute, modules=(module,)
+        )
         return {name: tuple(shape) for name, shape in shapes.items()}
     except (TypeError, ValueError) as e:  # e.g. "num_blocks": "two" builds a module that cannot initialise
         raise ModelFileError(

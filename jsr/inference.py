@@ -162,7 +162,7 @@ class Upscaler:
                     sr = sr[:, crop[0] : crop[0] + crop[1], crop[0] : crop[0] + crop[1]]
                 return device_to_uint8(sr) if as_uint8 else sr
 
-            key = f"Upscaler {type(module).__module__}.{module!r} crop={crop} uint8={as_uint8}"
+            key = f"Upscaler {program_cache.module_key(module)} crop={crop} uint8={as_uint8}"
             self._programs[crop, as_uint8] = program_cache.jit(upscale_canvases, key, modules=(module,))
         return self._programs[crop, as_uint8]
 
