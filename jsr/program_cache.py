@@ -11,7 +11,8 @@ writes the executable (atomically) and runs it. ``preload(key)`` starts reading 
 with that key used on a background thread, so that they load while the caller imports and prepares.
 ``remembered(name, key, compute)`` keeps a JSON result of tracing (a module's variable shapes) under the same
 fingerprint. Off whenever the compilation cache is off, under ``jax.distributed``, and for functions over
-modules defined outside jsr (a user's plug-in: its source is not part of the key).
+modules defined outside jsr (a user's plug-in: its source is not part of the key). The folder is held within the
+compilation cache's size bound: writing a program removes the least recently used files past it (``_bound``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import json
 import os
 import pickle
 import platform
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -58,7 +60,9 @@ def remembered(name: str, key: str, compute: Callable[[], Any], *, modules: Sequ
     digest = hashlib.sha256(repr((_code_fingerprint(), name, key)).encode()).hexdigest()
     path = folder / f"{name}-{digest}.json"
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
+        _used(path)
+        return value
     except (OSError, ValueError):  # absent, partial or damaged: compute it again
         pass
     value = compute()
@@ -89,6 +93,8 @@ def preload(key: str) -> None:
 
 def folder_in_use() -> Path | None:
     if not jax.config.jax_enable_compilation_cache or not jax.config.jax_compilation_cache_dir:
+        return None
+    if jax.config.jax_compilation_cache_max_size == 0:  # JAX's way to say "cache nothing"
         return None
     return Path(jax.config.jax_compilation_cache_dir) / "programs"
 
@@ -172,6 +178,7 @@ class _DiskCompiled:
             self.folder.mkdir(parents=True, exist_ok=True)
             atomic.write_file(path, lambda f: f.write(data))
             index.add(path.name)
+            _bound(self.folder, jax.config.jax_compilation_cache_max_size, keep=path)
         except Exception:  # noqa: BLE001 - not serialisable (host callbacks; jax internals moved) or a read-only
             # cache: that only costs the compilation next time
             pass
@@ -189,6 +196,7 @@ class _Index:
         self.path = path
         try:
             self.known = list(json.loads(path.read_text()))
+            _used(path)
         except (OSError, ValueError, TypeError):
             self.known = []
 
@@ -214,9 +222,43 @@ def _index(folder: Path, key: str) -> _Index:
 
 def _load(path: Path):
     """The compiled executable in ``path`` (``_DiskCompiled._program`` wrote it), on the devices it was built for."""
-    device_ids, serialized = pickle.loads(path.read_bytes())
+    data = path.read_bytes()
+    _used(path)
+    device_ids, serialized = pickle.loads(data)
     by_id = {d.id: d for d in jax.devices()}
     return serialize_executable.deserialize_and_load(*serialized, execution_devices=[by_id[i] for i in device_ids])
+
+
+def _used(path: Path) -> None:
+    """Mark ``path`` as used now, for ``_bound``: its access time (the modification time still says when it was
+    written; mount options may keep the kernel from updating the access time on a read)."""
+    try:
+        os.utime(path, ns=(time.time_ns(), path.stat().st_mtime_ns))
+    except OSError:
+        pass  # a read-only cache, or removed meanwhile
+
+
+def _bound(folder: Path, max_bytes: int, keep: Path) -> None:
+    """Remove the least recently used files of ``folder`` (by access time, which ``_load`` sets) until it holds at
+    most ``max_bytes`` (-1: no bound); never ``keep`` (just written) nor another writer's staging files."""
+    if max_bytes < 0:
+        return
+    files, total = [], 0
+    for entry in os.scandir(folder):
+        if entry.name.startswith(".") or not entry.is_file():
+            continue
+        stat = entry.stat()
+        total += stat.st_size
+        if entry.path != str(keep):
+            files.append((stat.st_atime_ns, stat.st_size, entry.path))
+    for _, size, path in sorted(files):
+        if total <= max_bytes:
+            break
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass  # another process removed it first
+        total -= size
 
 
 _watch = {"on": False, "compiled": 0, "cache_hits": 0}

@@ -156,3 +156,64 @@ def test_preload_reads_the_last_run_s_programs_in_the_background(tmp_path):
     index.write_text("{damaged")  # an unreadable index preloads nothing, and is written again
     assert run_preload() == {"out": [0.0, 2.0, 4.0], "readers": ["MainThread"]}
     assert len(json.loads(index.read_text())) == 1
+
+
+BOUNDED = r"""
+import json, sys
+import jax, jax.numpy as jnp
+from jsr import compile_cache, program_cache
+
+compile_cache.enable(True)
+for power in map(int, sys.argv[1:]):
+    def affine(x):  # a plain jit: JAX's own cache entry
+        return x * power + 1
+
+    def raise_to(x):  # jsr's program file, one per key
+        return x**power
+
+    jax.jit(affine)(jnp.arange(3.0))
+    program_cache.jit(raise_to, f"power-{power}")(jnp.arange(3.0))
+print(json.dumps({"max_size": jax.config.jax_compilation_cache_max_size}))
+"""
+
+
+def test_cache_is_bounded_least_recently_used_first(tmp_path):
+    """JAX's entries and jsr's programs/ stay within JAX_COMPILATION_CACHE_MAX_SIZE (default 2 GiB), the least
+    recently used program going first; a cache filled while unbounded is bounded without breaking JAX's writes
+    (jax 0.10 failed every write on an entry that lacks its last-use stamp)."""
+    xla_dir = tmp_path / "jsr" / "xla"
+    programs_dir = xla_dir / "programs"
+
+    def run_bounded(powers, max_size=None):
+        env = {k: v for k, v in os.environ.items() if k not in ("JSR_NO_COMPILE_CACHE", "JAX_COMPILATION_CACHE_DIR")}
+        env.pop("JAX_COMPILATION_CACHE_MAX_SIZE", None)
+        env["XDG_CACHE_HOME"] = str(tmp_path)
+        if max_size is not None:
+            env["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(max_size)
+        cmd = [sys.executable, "-W", "always", "-c", BOUNDED, *map(str, powers)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "Error writing persistent compilation cache entry" not in done.stderr, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    def folder_bytes(folder, pattern):
+        return sum(p.stat().st_size for p in folder.glob(pattern))
+
+    assert run_bounded([2, 3, 4], max_size=-1) == {"max_size": -1}
+    assert not list(xla_dir.glob("*-atime"))  # unbounded: JAX keeps no last-use stamps
+    # each key's index lists its one program; the indexes were written in the order 2, 3, 4
+    indexes = sorted(programs_dir.glob("index-*.json"), key=lambda p: p.stat().st_mtime_ns)
+    program_of = {power: json.loads(index.read_text())[0] for power, index in zip((2, 3, 4), indexes, strict=True)}
+    smallest = min((programs_dir / name).stat().st_size for name in program_of.values())
+    assert run_bounded([2]) == {"max_size": 2 * 2**30}  # the default bound; power 2's program is used again
+    # room for what is there now and half a program: the next program pushes out one, the least recently used (3)
+    bound = folder_bytes(programs_dir, "*") + smallest // 2
+    before = {p.name for p in programs_dir.glob("*.jsrexec")}
+    assert run_bounded([5], max_size=bound) == {"max_size": bound}
+    after = {p.name for p in programs_dir.glob("*.jsrexec")}
+    assert before - after == {program_of[3]} and len(after - before) == 1
+    assert folder_bytes(programs_dir, "*") <= bound
+    # JAX's part: every entry stamped (those of the unbounded run too) and within the bound
+    entries = {p.name.removesuffix("-cache") for p in xla_dir.glob("*-cache")}
+    assert entries and entries == {p.name.removesuffix("-atime") for p in xla_dir.glob("*-atime")}
+    assert folder_bytes(xla_dir, "*-cache") <= bound
