@@ -18,14 +18,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))  # tests/ helpers such as torch_reference
 
 
-@pytest.hookimpl(trylast=True)  # after -m / -k deselection, so `-m "not torch"` really runs without torch
-def pytest_collection_modifyitems(config, items):
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (pyproject's addopts): a worker per core, at most 4 (each simulates 4 devices and may hold a few
+    GB). On 2 cores two workers overlap one's compilation with the other's execution."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(4, cores))
+
+
+def pytest_runtest_setup(item):
     # A test that needs torch must run or fail, never skip silently: deselect explicitly with -m "not torch".
-    needs_torch = [item.nodeid for item in items if item.get_closest_marker("torch")]
-    if needs_torch and importlib.util.find_spec("torch") is None:
-        raise pytest.UsageError(
-            f"{len(needs_torch)} selected tests need PyTorch, which is not installed. Install the 'convert' extra "
-            "(pip install -e '.[convert,test]') or deselect them with -m 'not torch'."
+    # (Per test, not at collection: under pytest-xdist a worker's collection error loses its message.)
+    if item.get_closest_marker("torch") and importlib.util.find_spec("torch") is None:
+        pytest.fail(
+            "needs PyTorch, which is not installed. Install the 'convert' extra (pip install -e '.[convert,test]') "
+            "or deselect the PyTorch tests with -m 'not torch'.",
+            pytrace=False,
         )
 
 
