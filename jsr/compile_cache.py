@@ -70,9 +70,10 @@ def _stamp_unstamped_entries(folder: Path) -> None:
     try:
         names = {entry.name for entry in os.scandir(folder)}
         for name in names:
-            if name.endswith("-cache") and name.removesuffix("-cache") + "-atime" not in names:
+            entry = name.removesuffix("-cache")
+            if entry != name and f"{entry}-atime" not in names:
                 stamp = (folder / name).stat().st_mtime_ns.to_bytes(8, "little")  # JAX's format: ns, little-endian
-                (folder / (name.removesuffix("-cache") + "-atime")).write_bytes(stamp)
+                (folder / f"{entry}-atime").write_bytes(stamp)
     except OSError:
         pass  # another process evicted it meanwhile, or a read-only folder: JAX then copes as it can
 

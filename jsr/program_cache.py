@@ -239,8 +239,8 @@ def _used(path: Path) -> None:
 
 
 def _bound(folder: Path, max_bytes: int, keep: Path) -> None:
-    """Remove the least recently used files of ``folder`` (by access time, which ``_load`` sets) until it holds at
-    most ``max_bytes`` (-1: no bound); never ``keep`` (just written) nor another writer's staging files."""
+    """Remove the least recently used files of ``folder`` (by access time, which ``_used`` sets on every read) until
+    it holds at most ``max_bytes`` (-1: no bound); never ``keep`` (just written) nor another writer's staging files."""
     if max_bytes < 0:
         return
     files, total = [], 0

@@ -40,9 +40,15 @@ print(json.dumps({
 """
 
 
+def cache_env(cache_home):
+    """This process's environment with jsr's default cache under ``cache_home``: none of the suite's or the user's
+    cache settings (folder, off switch, size bound) carried into the subprocess."""
+    drop = ("JSR_NO_COMPILE_CACHE", "JAX_COMPILATION_CACHE_DIR", "JAX_COMPILATION_CACHE_MAX_SIZE")
+    return {k: v for k, v in os.environ.items() if k not in drop} | {"XDG_CACHE_HOME": str(cache_home)}
+
+
 def run(cache_home, mode="on"):
-    env = {k: v for k, v in os.environ.items() if k not in ("JSR_NO_COMPILE_CACHE", "JAX_COMPILATION_CACHE_DIR")}
-    env["XDG_CACHE_HOME"] = str(cache_home)
+    env = cache_env(cache_home)
     done = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -96,8 +102,7 @@ print(json.dumps(fn(x).tolist()))
 def test_program_in_jax_cache_is_written_from_a_fresh_compilation(tmp_path):
     """JAX's cache already holds the program (an older jsr wrote it) when jsr's file is first written: the file must
     come from a compilation of its own, else the executable read back fails when run."""
-    env = {k: v for k, v in os.environ.items() if k not in ("JSR_NO_COMPILE_CACHE", "JAX_COMPILATION_CACHE_DIR")}
-    env["XDG_CACHE_HOME"] = str(tmp_path)
+    env = cache_env(tmp_path)
 
     def run_kernels(mode):
         cmd = [sys.executable, "-c", KERNELS, mode]
@@ -139,8 +144,7 @@ print(json.dumps({"out": out.tolist(), "readers": readers}))
 
 
 def test_preload_reads_the_last_run_s_programs_in_the_background(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("JSR_NO_COMPILE_CACHE", "JAX_COMPILATION_CACHE_DIR")}
-    env["XDG_CACHE_HOME"] = str(tmp_path)
+    env = cache_env(tmp_path)
 
     def run_preload():
         done = subprocess.run([sys.executable, "-c", PRELOAD], capture_output=True, text=True, timeout=120, env=env)
@@ -185,9 +189,7 @@ def test_cache_is_bounded_least_recently_used_first(tmp_path):
     programs_dir = xla_dir / "programs"
 
     def run_bounded(powers, max_size=None):
-        env = {k: v for k, v in os.environ.items() if k not in ("JSR_NO_COMPILE_CACHE", "JAX_COMPILATION_CACHE_DIR")}
-        env.pop("JAX_COMPILATION_CACHE_MAX_SIZE", None)
-        env["XDG_CACHE_HOME"] = str(tmp_path)
+        env = cache_env(tmp_path)
         if max_size is not None:
             env["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(max_size)
         cmd = [sys.executable, "-W", "always", "-c", BOUNDED, *map(str, powers)]
