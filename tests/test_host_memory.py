@@ -28,12 +28,13 @@ module, variables = load_model(sys.argv[1])
 upscaler = Upscaler(module, variables)
 image = np.random.default_rng(0).random((128, 128, 3), dtype=np.float32)
 faults = []
-for _ in range(12):
+for _ in range(24):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     upscaler.upscale(image)
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-# the median call after 4: the one arena still grows now and then while it settles (a 67 MB step in some calls)
-print(json.dumps({"configured": configured, "faults": sorted(faults[4:])[4]}))
+# the median of the 20 calls after 4: the one arena still grows by 64 MiB in some calls, in bursts of up to 4 when
+# other processes load the CPU (threads then free in another order); 4 of 8 calls once failed CI's 2-worker run
+print(json.dumps({"configured": configured, "faults": sorted(faults[4:])[10]}))
 """
 
 
