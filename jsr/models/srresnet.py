@@ -10,9 +10,11 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+from jax import lax
 
 from jsr.ops.conv import conv_function
 from jsr.ops.resize import masked_upscale
+from jsr.ops.sums import bias_add
 
 # PyTorch BatchNorm2d defaults (running-stat momentum 0.1 == Flax momentum 0.9).
 BN_MOMENTUM = 0.9
@@ -51,6 +53,33 @@ def bicubic_upscale(x: jnp.ndarray, scale: int, valid_mask=None) -> jnp.ndarray:
     return masked_upscale(x, scale, "bicubic", valid_mask)
 
 
+class _Conv(nn.Conv):
+    """``nn.Conv`` as SRResNet uses it (stride 1, explicit padding, no dilation, one group): the same module to
+    Flax and Delta-STN, the same parameters and forward. Given a jsr conv function (the reverse-mode-only paths: all
+    but 'xla'), its bias gradient is ``jsr.ops.sums.bias_add``'s: XLA:CPU's own reduction of it was the bfloat16
+    step's slowest non-conv op. Without one the plain add stays, which forward mode (``jax.jvp``) differentiates."""
+
+    @nn.compact
+    def __call__(self, inputs):
+        shape = (*self.kernel_size, inputs.shape[-1], self.features)
+        kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+        dtype = self.dtype or jnp.promote_types(inputs.dtype, self.param_dtype)
+        y = (self.conv_general_dilated or lax.conv_general_dilated)(
+            inputs.astype(dtype),
+            kernel.astype(dtype),
+            (1, 1),
+            self.padding,
+            lhs_dilation=(1, 1),
+            rhs_dilation=(1, 1),
+            dimension_numbers=lax.conv_dimension_numbers(inputs.shape, shape, ("NHWC", "HWIO", "NHWC")),
+            precision=self.precision,
+        )
+        if bias is None:
+            return y
+        return y + bias.astype(y.dtype) if self.conv_general_dilated is None else bias_add(y, bias)
+
+
 class _MaskedConv(nn.Module):
     """A same-padded conv whose input is zeroed outside ``mask`` first.
 
@@ -69,7 +98,7 @@ class _MaskedConv(nn.Module):
         if mask is not None:
             x = x * mask.astype(x.dtype)
         pad = self.kernel // 2
-        return nn.Conv(
+        return _Conv(
             self.features,
             (self.kernel, self.kernel),
             padding=((pad, pad), (pad, pad)),
