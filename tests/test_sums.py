@@ -72,3 +72,12 @@ def test_bfloat16_conv_bias_gradient_is_float32_and_at_least_as_exact_as_flax():
     assert ours_grad.dtype == jnp.float32
     np.testing.assert_allclose(ours_grad, exact, rtol=1e-5, atol=1e-3)
     assert np.abs(ours_grad - exact).max() <= np.abs(np.asarray(flax_grad, np.float64) - exact).max()
+
+
+@pytest.mark.parametrize(
+    "field", [{"strides": 2}, {"kernel_dilation": (2, 2)}, {"feature_group_count": 2}, {"padding": "SAME"}]
+)
+def test_conv_layer_refuses_the_nn_conv_fields_it_does_not_implement(field):
+    layer = _Conv(4, (3, 3), **{"padding": ((1, 1), (1, 1)), **field})
+    with pytest.raises(ValueError, match=next(iter(field))):
+        layer.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 4)))

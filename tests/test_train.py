@@ -139,6 +139,8 @@ def wait_for_checkpoint(workdir, proc, timeout=120):
     raise AssertionError("no checkpoint appeared")
 
 
+@pytest.mark.slow
+@pytest.mark.each_jax  # the checkpoint layer touches jax's array APIs
 def test_kill_9_then_resume_matches_uninterrupted(tmp_path, repo_root):
     overrides = [
         "--config.num_train_steps=40",

@@ -40,6 +40,7 @@ def small_generator(tmp_path_factory):
     return directory
 
 
+@pytest.mark.slow  # the exactness itself is tested on both jax versions below, without the CLI
 def test_tiled_equals_untiled_cli(tmp_path, full_generator):
     image = photo(200, 300)  # 300 wide, 200 high
     Image.fromarray((image * 255).round().astype(np.uint8)).save(tmp_path / "photo.png")

@@ -18,6 +18,7 @@ from jsr.archs import Architecture, StateDict, register
 from jsr.archs.mapping import Target, conv, from_targets
 from jsr.models.srresnet import pixel_shuffle
 from jsr.ops.conv import conv_function
+from jsr.ops.prelu import prelu
 
 PRELU_INIT = 0.25  # PyTorch's nn.PReLU default
 # PyTorch's Conv2d default (kaiming_uniform with a = sqrt(5)), so training from scratch starts where torch would.
@@ -40,7 +41,7 @@ class ChannelPReLU(nn.Module):
     @nn.compact
     def __call__(self, x):
         slope = self.param("negative_slope", nn.initializers.constant(PRELU_INIT), (x.shape[-1],), jnp.float32)
-        return jnp.where(x >= 0, x, slope.astype(x.dtype) * x)
+        return prelu(x, slope)
 
 
 class MaskedConv(nn.Module):
