@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jsr.archs.compact import ChannelPReLU
-from jsr.models.srresnet import PRELU_INIT, Generator, _PReLU
+from jsr.models.layers import ChannelPReLU, PReLU
+from jsr.models.srresnet import PRELU_INIT, Generator
 
 
 def _exact_slope_gradient(x, cotangent, per_channel):
@@ -24,7 +24,7 @@ def _slope_gradient(module, params, x, cotangent):
 
 def test_prelu_layer_equals_flax_prelu_in_float32():
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 7, 5))
-    ours, flax_prelu = _PReLU(negative_slope_init=PRELU_INIT), nn.PReLU(negative_slope_init=PRELU_INIT)
+    ours, flax_prelu = PReLU(negative_slope_init=PRELU_INIT), nn.PReLU(negative_slope_init=PRELU_INIT)
     params = ours.init(jax.random.PRNGKey(1), x)
     jax.tree.map(np.testing.assert_array_equal, params, flax_prelu.init(jax.random.PRNGKey(1), x))
     params = jax.tree.map(lambda p: p - 0.6, params)
@@ -39,7 +39,7 @@ def test_bfloat16_slope_gradient_is_a_float32_sum_of_a_whole_feature_map():
     x = jax.random.normal(jax.random.PRNGKey(3), (8, 48, 48, 16), jnp.bfloat16) + 0.3
     cotangent = (jax.random.normal(jax.random.PRNGKey(4), x.shape) * 1e-3 + 1e-3).astype(jnp.bfloat16)
     exact = _exact_slope_gradient(x, cotangent, per_channel=False)
-    module = _PReLU(negative_slope_init=PRELU_INIT)
+    module = PReLU(negative_slope_init=PRELU_INIT)
     ours = _slope_gradient(module, module.init(jax.random.PRNGKey(0), x), x, cotangent)
     flax_prelu = nn.PReLU(negative_slope_init=PRELU_INIT)
     flax_s = _slope_gradient(flax_prelu, flax_prelu.init(jax.random.PRNGKey(0), x), x, cotangent)

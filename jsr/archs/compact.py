@@ -16,11 +16,10 @@ import jax.numpy as jnp
 
 from jsr.archs import Architecture, StateDict, register
 from jsr.archs.mapping import Target, conv, from_targets
+from jsr.models.layers import ChannelPReLU, Conv
 from jsr.models.srresnet import pixel_shuffle
 from jsr.ops.conv import conv_function
-from jsr.ops.prelu import prelu
 
-PRELU_INIT = 0.25  # PyTorch's nn.PReLU default
 # PyTorch's Conv2d default (kaiming_uniform with a = sqrt(5)), so training from scratch starts where torch would.
 TORCH_CONV_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
@@ -33,15 +32,6 @@ def apply_mask(x, mask):
 def nearest_upsample(x, r: int):
     """x ``r`` by pixel repetition: out[h, w] = in[h // r, w // r] (PyTorch's 'nearest' for integer factors)."""
     return x if r == 1 else jnp.repeat(jnp.repeat(x, r, axis=1), r, axis=2)
-
-
-class ChannelPReLU(nn.Module):
-    """PyTorch's ``nn.PReLU(num_parameters=C)``: one slope per channel (Flax's nn.PReLU has a single one)."""
-
-    @nn.compact
-    def __call__(self, x):
-        slope = self.param("negative_slope", nn.initializers.constant(PRELU_INIT), (x.shape[-1],), jnp.float32)
-        return prelu(x, slope)
 
 
 class MaskedConv(nn.Module):
@@ -57,7 +47,7 @@ class MaskedConv(nn.Module):
     @nn.compact
     def __call__(self, x, mask=None):
         pad = self.kernel // 2
-        return nn.Conv(
+        return Conv(
             self.features,
             (self.kernel, self.kernel),
             padding=((pad, pad), (pad, pad)),

@@ -19,8 +19,9 @@ import numpy as np
 from jax import lax
 
 from jsr.archs import Architecture, StateDict, register
-from jsr.archs.compact import ChannelPReLU, MaskedConv, apply_mask, indices, shape_of
+from jsr.archs.compact import MaskedConv, apply_mask, indices, shape_of
 from jsr.archs.mapping import Target, build_variables, conv
+from jsr.models.layers import ChannelPReLU
 from jsr.ops.conv import conv_function
 
 DECONV_KERNEL = 9

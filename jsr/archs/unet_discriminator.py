@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from jsr.archs import Architecture, StateDict, register
 from jsr.archs.mapping import Target, conv, from_targets, oihw_to_hwio
+from jsr.models.layers import Conv
 from jsr.ops.conv import conv_function
 from jsr.ops.resize import masked_upscale
 from jsr.ops.spectral_norm import TORCH_CONV_INIT, SpectralConv, torch_v_to_hwi
@@ -54,7 +55,7 @@ class UNetDiscriminatorSN(nn.Module):
     conv: str = "xla"
 
     def _plain(self, x, features: int, name: str):
-        return nn.Conv(
+        return Conv(
             features,
             (3, 3),
             padding=((1, 1), (1, 1)),

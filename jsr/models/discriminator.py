@@ -11,6 +11,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jsr.models.layers import Conv
 from jsr.models.srresnet import BN_EPSILON, BN_MOMENTUM, CONV_INIT
 from jsr.ops.conv import conv_function
 
@@ -50,7 +51,7 @@ class Discriminator(nn.Module):
 
         def conv(y, features, stride, name):
             # Explicit symmetric padding: Flax 'SAME' with stride 2 pads (0, 1), PyTorch pads (1, 1).
-            return nn.Conv(
+            return Conv(
                 features,
                 (3, 3),
                 strides=(stride, stride),

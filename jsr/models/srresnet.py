@@ -10,12 +10,10 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
-from jax import lax
 
+from jsr.models.layers import Conv, PReLU
 from jsr.ops.conv import conv_function
-from jsr.ops.prelu import prelu
 from jsr.ops.resize import masked_upscale
-from jsr.ops.sums import bias_add
 
 # PyTorch BatchNorm2d defaults (running-stat momentum 0.1 == Flax momentum 0.9).
 BN_MOMENTUM = 0.9
@@ -54,57 +52,6 @@ def bicubic_upscale(x: jnp.ndarray, scale: int, valid_mask=None) -> jnp.ndarray:
     return masked_upscale(x, scale, "bicubic", valid_mask)
 
 
-class _Conv(nn.Conv):
-    """``nn.Conv`` as SRResNet uses it (stride 1, explicit padding, no dilation, one group): the same module to
-    Flax and Delta-STN, the same parameters and forward. Given a jsr conv function (the reverse-mode-only paths: all
-    but 'xla'), its bias gradient is ``jsr.ops.sums.bias_add``'s: XLA:CPU's own reduction of it was the bfloat16
-    step's slowest non-conv op. Without one the plain add stays, which forward mode (``jax.jvp``) differentiates."""
-
-    def _unsupported(self) -> list[str]:
-        unit = (None, 1, (1, 1))
-        fields = {
-            "strides": self.strides,
-            "input_dilation": self.input_dilation,
-            "kernel_dilation": self.kernel_dilation,
-        }
-        bad = [f"{name}={value!r}" for name, value in fields.items() if value not in unit]
-        bad += [f"feature_group_count={self.feature_group_count}"] if self.feature_group_count != 1 else []
-        bad += [f"padding={self.padding!r}"] if isinstance(self.padding, (str, int)) else []
-        return bad
-
-    @nn.compact
-    def __call__(self, inputs):
-        if bad := self._unsupported():
-            raise ValueError(f"_Conv takes stride 1, no dilation, one group and explicit padding; got {', '.join(bad)}")
-        shape = (*self.kernel_size, inputs.shape[-1], self.features)
-        kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
-        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
-        dtype = self.dtype or jnp.promote_types(inputs.dtype, self.param_dtype)
-        y = (self.conv_general_dilated or lax.conv_general_dilated)(
-            inputs.astype(dtype),
-            kernel.astype(dtype),
-            (1, 1),
-            self.padding,
-            lhs_dilation=(1, 1),
-            rhs_dilation=(1, 1),
-            dimension_numbers=lax.conv_dimension_numbers(inputs.shape, shape, ("NHWC", "HWIO", "NHWC")),
-            precision=self.precision,
-        )
-        if bias is None:
-            return y
-        return y + bias.astype(y.dtype) if self.conv_general_dilated is None else bias_add(y, bias)
-
-
-class _PReLU(nn.PReLU):
-    """``nn.PReLU`` (same parameter, same float32 forward) whose slope product is float32 in any compute dtype, so
-    its gradient is a float32 sum (``jsr.ops.prelu``)."""
-
-    @nn.compact
-    def __call__(self, inputs):
-        slope = self.param("negative_slope", lambda k: jnp.asarray(self.negative_slope_init, self.param_dtype))
-        return prelu(inputs, slope)
-
-
 class _MaskedConv(nn.Module):
     """A same-padded conv whose input is zeroed outside ``mask`` first.
 
@@ -123,7 +70,7 @@ class _MaskedConv(nn.Module):
         if mask is not None:
             x = x * mask.astype(x.dtype)
         pad = self.kernel // 2
-        return _Conv(
+        return Conv(
             self.features,
             (self.kernel, self.kernel),
             padding=((pad, pad), (pad, pad)),
@@ -146,7 +93,7 @@ class ResidualBlock(nn.Module):
         bn = dict(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=self.dtype)
         y = _MaskedConv(self.n_feats, 3, self.dtype, self.conv, name="conv1")(x, mask)
         y = nn.BatchNorm(name="bn1", **bn)(y)
-        y = _PReLU(negative_slope_init=PRELU_INIT, name="prelu")(y)
+        y = PReLU(negative_slope_init=PRELU_INIT, name="prelu")(y)
         y = _MaskedConv(self.n_feats, 3, self.dtype, self.conv, name="conv2")(y, mask)
         y = nn.BatchNorm(name="bn2", **bn)(y)
         return x + y
@@ -220,13 +167,13 @@ class Generator(nn.Module):
         image = x.astype(jnp.float32)
         x = x.astype(self.dtype)
         x = _MaskedConv(self.n_feats, 9, self.dtype, self.conv, name="conv01")(x, mask)
-        x = _PReLU(name="conv01_prelu", **prelu)(x)
+        x = PReLU(name="conv01_prelu", **prelu)(x)
         skip = x
         for i in range(self.num_blocks):
             x = ResidualBlock(self.n_feats, self.dtype, self.conv, name=f"body_{i}")(x, train, mask)
         x = _MaskedConv(self.n_feats, 3, self.dtype, self.conv, name="conv02")(x, mask)
         if self.post_body == "prelu":
-            x = _PReLU(name="conv02_prelu", **prelu)(x)
+            x = PReLU(name="conv02_prelu", **prelu)(x)
         else:
             bn = dict(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=self.dtype, name="conv02_bn")
             x = nn.BatchNorm(use_running_average=not train, **bn)(x)
@@ -235,7 +182,7 @@ class Generator(nn.Module):
         for j, r in enumerate(self.upsample_factors):
             x = _MaskedConv(self.n_feats * r * r, 3, self.dtype, self.conv, name=f"tail_{j}")(x, mask)
             x = pixel_shuffle(x, r)
-            x = _PReLU(name=f"tail_{j}_prelu", **prelu)(x)
+            x = PReLU(name=f"tail_{j}_prelu", **prelu)(x)
             if mask is not None:
                 mask = jnp.repeat(jnp.repeat(mask, r, axis=1), r, axis=2)
         x = _MaskedConv(self.channels, self.tail_kernel, self.dtype, self.conv, name="last_conv")(x, mask)

@@ -1,5 +1,5 @@
-"""Per-channel sums at memory speed on XLA:CPU, and a bias add whose gradient is one (``bias_add``: forward as
-``nn.Conv`` computes it, a custom VJP).
+"""Per-channel sums at memory speed on XLA:CPU, and bias adds whose gradients are float32 sums in any compute dtype
+(``bias_add_float32``; ``bias_add``: the same forward, its gradient by ``channel_sum`` through a custom VJP).
 
 XLA:CPU rewrites a reduction over an axis longer than 32 into 32-wide reduce-windows that run far below memory
 speed: in the bfloat16 SRResNet step, the bias gradient of the 64 -> 256 conv read through the pixel shuffle took
@@ -24,11 +24,18 @@ def channel_sum(x: jnp.ndarray) -> jnp.ndarray:
     return rows.sum(axis=0)
 
 
+def bias_add_float32(y: jnp.ndarray, bias: jnp.ndarray) -> jnp.ndarray:
+    """``y + bias`` over the last axis, added in float32 and rounded once to ``y``'s dtype: XLA's gradient of it
+    (forward mode too) is a float32 sum; in float32 it is the plain add."""
+    wide = jnp.promote_types(y.dtype, jnp.float32)
+    return (y.astype(wide) + bias.astype(wide)).astype(y.dtype)
+
+
 @jax.custom_vjp
 def bias_add(y: jnp.ndarray, bias: jnp.ndarray) -> jnp.ndarray:
-    """``y + bias`` over the last axis, ``bias`` cast to ``y``'s dtype first (as ``nn.Conv``); its gradient is the
-    float32 ``channel_sum`` of the output gradient, in ``bias``'s own dtype."""
-    return y + bias.astype(y.dtype)
+    """``bias_add_float32`` whose gradient is the float32 ``channel_sum`` of the output gradient, in ``bias``'s own
+    dtype (reverse mode only)."""
+    return bias_add_float32(y, bias)
 
 
 def _bias_add_fwd(y, bias):
