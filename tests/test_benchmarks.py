@@ -54,6 +54,17 @@ def test_winograd_benchmark_measures_both_and_their_errors():
     assert 0 < result["relative_error"]["winograd"] < 1e-4 and result["relative_error"]["xla"] < 1e-5
 
 
+def test_bf16_gradients_compares_every_parameter_with_float32(tmp_path):
+    report = load_run("bf16_gradients").main(["--quick", "--conv", "xla", "--json", str(tmp_path / "g.json")])
+    assert json.loads((tmp_path / "g.json").read_text())["relative_error"] == report["relative_error"]
+    generator = report["relative_error"]["generator"]
+    assert (
+        "['conv01']['conv']['kernel']" in generator and "['body_0']['conv1']['conv']['bias']" not in generator
+    )  # BN next
+    assert all(0 < error < 1 for error in report["by_kind"]["generator"]["kernel"].values() if isinstance(error, float))
+    assert generator["['tail_1_prelu']['negative_slope']"] < 0.05  # a float32 sum: bfloat16's was ~0.5 off
+
+
 def test_trainer_loop_measures_the_real_iterator():
     assert load_run("trainer_loop").main(["--batch", "4", "--steps", "20"]) > 0
 
