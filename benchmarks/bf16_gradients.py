@@ -13,18 +13,21 @@ Conv biases followed by BatchNorm have a zero float32 gradient and are left out.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run  # noqa: E402  (benchmarks/run.py: the machine's name)
+from jsr.models import Discriminator, Generator
 
-from jsr.models import Discriminator, Generator  # noqa: E402
+# benchmarks/run.py (the machine's name) loaded by its path: a sys.path entry for benchmarks/ would shadow the tests'
+# torch_reference module for the rest of a pytest process
+_spec = importlib.util.spec_from_file_location("jsr_benchmarks_run", Path(__file__).resolve().parent / "run.py")
+run = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(run)
 
 
 def gradients(model, x, loss_of_output):
